@@ -1,0 +1,162 @@
+//! A Jupyter message whose JSON frames are kept as the bytes that arrived.
+//!
+//! A relay mostly moves messages: it swaps the parent header for the one its own client sent and
+//! signs again. Keeping the frames raw makes that a pointer swap, and guarantees the relay never
+//! drops a field it does not know. The header is also parsed once, since routing needs it.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::header::Header;
+
+/// The parent header's routing fields, parsed once at decode time.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParentRef {
+    #[serde(default)]
+    pub msg_id: Option<String>,
+    #[serde(default)]
+    pub msg_type: Option<String>,
+}
+
+/// One message: routing identities, the four JSON frames and the binary buffers.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// ZMQ routing identities (ROUTER) or the topic (PUB), before the delimiter.
+    pub identities: Vec<Bytes>,
+    header: Header,
+    header_raw: Bytes,
+    parent: ParentRef,
+    parent_raw: Bytes,
+    /// The metadata frame: a JSON object.
+    pub metadata: Bytes,
+    /// The content frame: a JSON object.
+    pub content: Bytes,
+    /// Binary buffers after the content frame (not signed).
+    pub buffers: Vec<Bytes>,
+}
+
+const EMPTY_OBJECT: &[u8] = b"{}";
+
+impl Message {
+    /// A message with `header` and JSON `content`, no parent, empty metadata, no identities.
+    pub fn new(header: Header, content: Bytes) -> Self {
+        let header_raw = Bytes::from(serde_json::to_vec(&header).unwrap_or_default());
+        Message {
+            identities: Vec::new(),
+            header,
+            header_raw,
+            parent: ParentRef::default(),
+            parent_raw: Bytes::from_static(EMPTY_OBJECT),
+            metadata: Bytes::from_static(EMPTY_OBJECT),
+            content,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// Assembles a message from decoded parts; the codec has validated each of them.
+    pub(crate) fn from_parts(
+        header: Header,
+        header_raw: Bytes,
+        parent: ParentRef,
+        parent_raw: Bytes,
+        metadata: Bytes,
+        content: Bytes,
+    ) -> Self {
+        Message {
+            identities: Vec::new(),
+            header,
+            header_raw,
+            parent,
+            parent_raw,
+            metadata,
+            content,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The header frame as it will be (or was) sent.
+    pub fn header_raw(&self) -> &Bytes {
+        &self.header_raw
+    }
+
+    /// `msg_type` from the header.
+    pub fn msg_type(&self) -> &str {
+        &self.header.msg_type
+    }
+
+    /// `msg_id` from the header.
+    pub fn msg_id(&self) -> &str {
+        &self.header.msg_id
+    }
+
+    /// The parent header's routing fields.
+    pub fn parent(&self) -> &ParentRef {
+        &self.parent
+    }
+
+    /// The parent's `msg_id`, if the message has a parent.
+    pub fn parent_msg_id(&self) -> Option<&str> {
+        self.parent.msg_id.as_deref()
+    }
+
+    /// The parent header frame (`{}` when there is none).
+    pub fn parent_raw(&self) -> &Bytes {
+        &self.parent_raw
+    }
+
+    /// Makes `parent` this message's parent: its header becomes our parent header. The content,
+    /// metadata and our own header are untouched.
+    pub fn set_parent(&mut self, parent: &Message) {
+        self.parent = ParentRef {
+            msg_id: Some(parent.header.msg_id.clone()),
+            msg_type: Some(parent.header.msg_type.clone()),
+        };
+        self.parent_raw = parent.header_raw.clone();
+    }
+
+    /// Makes this a reply or output of `parent`: parent header set, routed to `parent`'s
+    /// identities.
+    pub fn with_parent(mut self, parent: &Message) -> Self {
+        self.set_parent(parent);
+        self.identities = parent.identities.clone();
+        self
+    }
+
+    /// Replaces the metadata with a serialised object.
+    pub fn with_metadata<T: Serialize>(mut self, metadata: &T) -> Self {
+        self.metadata = to_json_bytes(metadata);
+        self
+    }
+
+    /// Appends binary buffers.
+    pub fn with_buffers(mut self, buffers: Vec<Bytes>) -> Self {
+        self.buffers = buffers;
+        self
+    }
+
+    /// The content parsed as `T`.
+    pub fn content_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.content)
+    }
+
+    /// The metadata parsed as `T`.
+    pub fn metadata_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.metadata)
+    }
+}
+
+/// Serialises a value into a JSON frame. The values serialised here are Parallax's own message
+/// types, whose serialisation cannot fail; should one ever fail, the frame is an empty object
+/// rather than a panic.
+pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Bytes {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(_) => Bytes::from_static(EMPTY_OBJECT),
+    }
+}
