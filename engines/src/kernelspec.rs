@@ -157,9 +157,10 @@ pub fn is_valid_kernel_name(name: &str) -> bool {
 impl KernelSpec {
     /// argv with `{connection_file}` and `{resource_dir}` substituted, and a bare python `argv[0]` resolved.
     ///
-    /// A bare `python`, `python3` or `python3.N` becomes `<prefix>/bin/python3.N|python3|python`
-    /// when the spec lives under `<prefix>/share/jupyter/kernels/` and that interpreter exists
-    /// (the user data dir does not count as a prefix), else [`python_interpreter`].
+    /// A bare `python`, `python3` or `python3.N` becomes `<prefix>/bin/<that name>`, else
+    /// `<prefix>/bin/python`, when the spec lives under `<prefix>/share/jupyter/kernels/` and that
+    /// interpreter exists (the user data dir does not count as a prefix); otherwise
+    /// [`python_interpreter`].
     pub fn command(&self, connection_file: &Path) -> Vec<String> {
         self.command_in(connection_file, &Env::from_process())
     }

@@ -556,11 +556,16 @@ impl Kernel {
         tracing::warn!(kernel = %name, %exit, "local kernel died; starting a new one");
         self.local = spawn_start(name.clone());
         if let Some(active) = self.active.take() {
+            let what = if active.request.msg_type() == "execute_request" {
+                "cell"
+            } else {
+                "request"
+            };
             let content = error_content(
                 "LocalKernelDied",
                 &format!(
-                    "the local kernel ({name}) died while running this request ({exit}). \
-                     A new one is starting: variables defined before are gone."
+                    "the local kernel ({name}) died while running this {what} ({exit}). \
+                     Parallax is starting a new one: variables defined before are gone."
                 ),
             );
             if active.request.msg_type() == "execute_request" {
