@@ -16,11 +16,15 @@
 //! - [`codec`]: [`Session`], which decodes received frames into a [`Message`] (every malformed input
 //!   is a [`DecodeError`], never a panic) and encodes messages into signed frames.
 //! - [`connection`]: connection files (read, write with mode 0600) and channel endpoints.
+//! - [`profile`]: a cluster profile's folder and files (`$PARALLAX_DIR/profile_<name>/`).
+//! - [`cluster`]: the cluster protocol's message contents (client, controller, engine).
 
+pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod header;
 pub mod message;
+pub mod profile;
 pub mod sign;
 
 pub use codec::{DecodeError, Part, Session, DELIMITER};

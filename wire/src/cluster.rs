@@ -1,0 +1,248 @@
+//! The cluster protocol: what clients, the controller and engines say to each other.
+//!
+//! Every link is a DEALER (client or engine) connected to one of the controller's two ROUTERs,
+//! carrying Jupyter-format messages signed with the cluster key. One link per peer keeps each
+//! peer's messages in order: on an engine's link, a task's outputs always precede its reply.
+//!
+//! # Engine link (engine process → controller's engine ROUTER; identity = the engine's uuid)
+//!
+//! | from | msg_type | content |
+//! | --- | --- | --- |
+//! | engine | `register_request` | [`RegisterRequest`] |
+//! | controller | `register_reply` | [`RegisterReply`] |
+//! | engine | `heartbeat` | [`Heartbeat`], every `heartbeat_interval` |
+//! | controller | `heartbeat_reply` | [`Heartbeat`] echoed |
+//! | controller | `execute_request` | a Jupyter execute request: the client's message as sent |
+//! | engine | iopub messages | the kernel's outputs for a request, header and parent as the kernel made them |
+//! | engine | `execute_reply` | the kernel's reply, sent after the kernel's `idle` for that request |
+//! | engine | `kernel_died` | [`KernelDied`]; in-flight requests get an `EngineError` reply first |
+//! | controller | `interrupt_request` | `{}`: interrupt the kernel; answered `interrupt_reply` |
+//! | controller | `shutdown_request` | `{}`: stop the kernel and exit; answered `shutdown_reply` |
+//!
+//! # Client link (client → controller's client ROUTER)
+//!
+//! | request | reply content |
+//! | --- | --- |
+//! | `connect_request` `{}` | [`ConnectReply`]; the client then also receives notifications |
+//! | `engines_request` `{}` | [`EnginesReply`] |
+//! | `queue_request` `{}` | [`QueueReply`] |
+//! | `task_request` [`TaskRequest`] | [`TaskReply`] |
+//! | `execute_request` (metadata [`Routing`]) | the engine's `execute_reply`, after its outputs |
+//! | `interrupt_request` [`Targets`] | `interrupt_reply` `{status, engines}` |
+//!
+//! Outputs and replies of an engine reach the client that sent the request, with the engine's id
+//! added to their metadata as `engine_id`. Notifications to every connected client:
+//! `engine_registered` ([`EngineInfo`]) and `engine_died` ([`EngineDied`]). A request of unknown
+//! type gets `<type>_reply` with `status: error`. Errors name what failed: a request for an engine
+//! that is dead gets `EngineError` "engine 2 is dead", one in flight when its engine dies gets
+//! `EngineError` "engine 2 died while running this request".
+
+use serde::{Deserialize, Serialize};
+
+/// An engine's id: 0, 1, 2, … stable for the engine's life (and across kernel restarts).
+pub type EngineId = u32;
+
+/// How often engines send heartbeats, in seconds.
+pub const HEARTBEAT_INTERVAL: f64 = 0.5;
+/// After how many seconds without a heartbeat an engine is declared dead.
+pub const HEARTBEAT_TIMEOUT: f64 = 2.0;
+
+/// The ename of errors caused by an engine's death or absence.
+pub const ENGINE_ERROR: &str = "EngineError";
+
+/// An engine's state, as the hub sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineState {
+    /// Registered, nothing running.
+    Idle,
+    /// Running a request.
+    Busy,
+    /// Its kernel died and is being restarted.
+    Restarting,
+    /// Gone: its process or its kernel died (and is not coming back on its own).
+    Dead,
+}
+
+/// One row of the engine table.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EngineInfo {
+    pub id: EngineId,
+    pub uuid: String,
+    pub host: String,
+    /// The engine process.
+    pub pid: u32,
+    pub kernel: String,
+    /// The engine's kernel process.
+    pub kernel_pid: u32,
+    pub state: EngineState,
+    /// ISO 8601 times.
+    pub registered: String,
+    pub last_heartbeat: String,
+    pub tasks_done: u64,
+    /// Requests sent to the engine and not yet answered (including the one running).
+    pub queue: u64,
+}
+
+/// `register_request`: an engine whose kernel is ready asks for an id.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegisterRequest {
+    pub uuid: String,
+    pub host: String,
+    pub pid: u32,
+    pub kernel: String,
+    pub kernel_pid: u32,
+    /// The id this engine had before (after its kernel restarted): reclaim it.
+    #[serde(default)]
+    pub id: Option<EngineId>,
+}
+
+/// `register_reply`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RegisterReply {
+    /// `ok` or `error`.
+    pub status: String,
+    #[serde(default)]
+    pub id: Option<EngineId>,
+    #[serde(default)]
+    pub heartbeat_interval: f64,
+    #[serde(default)]
+    pub evalue: Option<String>,
+}
+
+/// `heartbeat` and `heartbeat_reply`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub id: EngineId,
+}
+
+/// `kernel_died`: an engine's kernel exited.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KernelDied {
+    pub id: EngineId,
+    /// How it ended ("exit status 1", "killed by SIGKILL").
+    pub exit: String,
+    /// Whether the engine is starting a new kernel (and will register again under `id`).
+    pub restarting: bool,
+}
+
+/// Metadata of a client's `execute_request`: the engine it is for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    pub engine: EngineId,
+}
+
+/// `interrupt_request` from a client: the engines to interrupt (all when absent).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Targets {
+    #[serde(default)]
+    pub targets: Option<Vec<EngineId>>,
+}
+
+/// `connect_reply`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConnectReply {
+    pub status: String,
+    pub engines: Vec<EngineInfo>,
+    pub profile: String,
+}
+
+/// `engines_reply`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EnginesReply {
+    pub status: String,
+    pub engines: Vec<EngineInfo>,
+}
+
+/// Per-engine counts in a `queue_reply`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub queue: u64,
+    pub completed: u64,
+    pub tasks: u64,
+}
+
+/// `queue_reply`: `unassigned` tasks and each live engine's counts, keyed by id.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct QueueReply {
+    pub status: String,
+    pub unassigned: u64,
+    pub engines: std::collections::BTreeMap<String, QueueStatus>,
+}
+
+/// `task_request`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskRequest {
+    pub msg_id: String,
+}
+
+/// A task's record in the task database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    pub msg_id: String,
+    /// The session id of the client that sent it.
+    pub client: String,
+    pub engine: Option<EngineId>,
+    pub msg_type: String,
+    /// `pending`, `ok`, `error` or `aborted`.
+    pub status: String,
+    /// ISO 8601 times: at the controller (submitted, completed, received) and at the engine
+    /// (started: the kernel's `busy`).
+    pub submitted: Option<String>,
+    pub started: Option<String>,
+    pub completed: Option<String>,
+    pub received: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    /// `{ename, evalue, traceback}` when it failed.
+    pub error: Option<serde_json::Value>,
+    /// The execute_result's data, when there was one.
+    pub result: Option<serde_json::Value>,
+}
+
+/// `task_reply`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskReply {
+    pub status: String,
+    #[serde(default)]
+    pub task: Option<TaskRecord>,
+    #[serde(default)]
+    pub evalue: Option<String>,
+}
+
+/// `engine_died` notification.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EngineDied {
+    pub id: EngineId,
+    /// Why: "no heartbeat for 2.0 s", "kernel exited (exit status 1)".
+    pub reason: String,
+    /// Whether it is coming back under the same id.
+    pub restarting: bool,
+}
+
+/// The text of the error a request gets when its engine died while running it.
+pub fn died_while_running(id: EngineId) -> String {
+    format!("engine {id} died while running this request")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_serialise_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&EngineState::Restarting).expect("serialise"),
+            "\"restarting\""
+        );
+        let register: RegisterRequest = serde_json::from_str(
+            r#"{"uuid":"u","host":"h","pid":1,"kernel":"python3","kernel_pid":2}"#,
+        )
+        .expect("parse");
+        assert_eq!(register.id, None);
+        assert_eq!(
+            died_while_running(2),
+            "engine 2 died while running this request"
+        );
+    }
+}
