@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod cluster;
 mod install;
 
 #[derive(Parser, Debug)]
@@ -26,6 +27,15 @@ struct Cli {
 enum Command {
     /// Run the parallax Jupyter kernel, or install / uninstall its kernelspec.
     Kernel(KernelCommand),
+    /// Start, stop and list clusters (a controller and its engines).
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::ClusterAction,
+    },
+    /// Run a cluster's controller (the cluster command starts it for you).
+    Controller(cluster::ControllerArgs),
+    /// Run one engine: a kernel that takes work from a controller.
+    Engine(cluster::EngineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +136,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         }) => kernel_action(action),
         Command::Kernel(KernelCommand { action: None, run }) => run_kernel(run),
+        Command::Cluster { action } => cluster::cluster(action),
+        Command::Controller(args) => cluster::controller(args),
+        Command::Engine(args) => cluster::engine(args),
     }
 }
 

@@ -5,7 +5,9 @@
 //! kernelspec's command in its own process group, so that an interrupt aimed at us does not also
 //! hit the kernel, and so that killing the group also ends whatever the kernel started. A
 //! supervisor task owns the child: it reports the exit and carries out kills. `JPY_PARENT_PID` is
-//! set so that ipykernel exits by itself should this process die without cleaning up.
+//! set so that ipykernel exits by itself should this process die without cleaning up. The
+//! kernel's stdout and stderr are inherited, written to a log file, or piped to the caller
+//! ([`LaunchOptions::capture_output`]) for kernels that do not forward fd-level output themselves.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -132,6 +134,7 @@ pub struct KernelProcess {
     pid: u32,
     exit: watch::Receiver<Option<Exit>>,
     kill: mpsc::Sender<()>,
+    output: Option<KernelOutput>,
     _runtime: RuntimeDir,
 }
 
@@ -155,6 +158,19 @@ pub struct LaunchOptions {
     pub log_file: Option<PathBuf>,
     /// The transport; chosen from the kernelspec when `None`.
     pub transport: Option<LinkTransport>,
+    /// Pipe the kernel's stdout and stderr to us (taken with [`KernelProcess::take_output`])
+    /// instead of inheriting ours or writing `log_file`: for kernels that do not forward what is
+    /// written to their file descriptors themselves, as ipykernel does.
+    pub capture_output: bool,
+}
+
+/// The read ends of a kernel's stdout and stderr, when launched with
+/// [`LaunchOptions::capture_output`]. They reach end of file when the kernel (and whatever it
+/// started in its process group) has gone.
+#[derive(Debug)]
+pub struct KernelOutput {
+    pub stdout: tokio::process::ChildStdout,
+    pub stderr: tokio::process::ChildStderr,
 }
 
 impl KernelProcess {
@@ -222,7 +238,9 @@ impl KernelProcess {
         if let Some(cwd) = &options.cwd {
             command.current_dir(cwd);
         }
-        if let Some(log) = &options.log_file {
+        if options.capture_output {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else if let Some(log) = &options.log_file {
             let open = || {
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -243,6 +261,10 @@ impl KernelProcess {
             source,
         })?;
         let pid = child.id().unwrap_or_default();
+        let output = match (child.stdout.take(), child.stderr.take()) {
+            (Some(stdout), Some(stderr)) => Some(KernelOutput { stdout, stderr }),
+            _ => None,
+        };
         tracing::info!(kernel = %spec.name, pid, ?transport, "started kernel");
 
         let (exit_tx, exit) = watch::channel(None);
@@ -279,6 +301,7 @@ impl KernelProcess {
             pid,
             exit,
             kill,
+            output,
             _runtime: runtime,
         })
     }
@@ -296,6 +319,12 @@ impl KernelProcess {
     /// Where its sockets are, and the key that signs its messages.
     pub fn connection(&self) -> &ConnectionInfo {
         &self.connection
+    }
+
+    /// The kernel's stdout and stderr pipes, once, if it was launched with
+    /// [`LaunchOptions::capture_output`]. Read them steadily: a kernel whose pipe is full blocks.
+    pub fn take_output(&mut self) -> Option<KernelOutput> {
+        self.output.take()
     }
 
     /// How it ended, if it has.

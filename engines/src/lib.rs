@@ -9,10 +9,13 @@
 //! - [`kernelspec`]: the Jupyter data search path and kernelspec discovery.
 //! - [`launch`]: writing a connection file and supervising a kernel child process.
 //! - [`client`]: connecting to a kernel's channels and waiting until it is ready.
+//! - [`engine`]: the engine process (`parallax engine`): registers with the controller, owns one
+//!   kernel, relays requests to it and its outputs back, heartbeats, restarts a dead kernel.
 
 pub mod client;
+pub mod engine;
 pub mod kernelspec;
 pub mod launch;
 
 pub use client::{ClientError, KernelClient};
-pub use launch::{Exit, KernelProcess, LaunchError, LaunchOptions, LinkTransport};
+pub use launch::{Exit, KernelOutput, KernelProcess, LaunchError, LaunchOptions, LinkTransport};

@@ -1,0 +1,376 @@
+//! End-to-end tests of clusters: the real `parallax` binary starts a controller and engines that
+//! own real ipykernels; the tests drive them through the controller's client protocol and kill
+//! real processes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{alive, eventually, kill9, stream_text, World};
+use parallax_client::{engine_of, Notification};
+use parallax_launcher::ClusterState;
+use parallax_wire::cluster::{EngineInfo, EngineState};
+use parallax_wire::profile::{read_json, ControllerFile};
+use serde_json::Value;
+
+fn content(message: &parallax_wire::Message) -> Value {
+    message.content_as().expect("json content")
+}
+
+/// Runs `code` on `engine` and returns (outputs, reply content).
+async fn run(
+    client: &parallax_client::ControllerClient,
+    engine: u32,
+    code: &str,
+) -> (Vec<parallax_wire::Message>, Value) {
+    let execution = client.execute(engine, code).await.expect("submit");
+    let (outputs, reply) = tokio::time::timeout(Duration::from_secs(30), execution.finish())
+        .await
+        .expect("reply within 30 s");
+    (outputs, content(&reply.expect("a reply")))
+}
+
+fn result_text(outputs: &[parallax_wire::Message]) -> String {
+    outputs
+        .iter()
+        .find(|m| m.msg_type() == "execute_result")
+        .map(|m| {
+            content(m)["data"]["text/plain"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn all_pids(world: &World, profile: &str, engines: &[EngineInfo]) -> Vec<u32> {
+    let state: ClusterState = read_json(&world.profile(profile).cluster_file()).expect("state");
+    let mut pids = state.pids();
+    pids.extend(engines.iter().map(|e| e.kernel_pid));
+    pids
+}
+
+#[tokio::test]
+async fn start_list_execute_and_stop_leaves_no_process() {
+    let world = World::new();
+    let out = world.start("t", 4, &[]);
+    assert!(out.contains("ready: 4 engines (ids 0, 1, 2, 3)"), "{out}");
+
+    let list = world.run(&["cluster", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).expect("list json");
+    let row = list
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["profile"] == "t"))
+        .expect("profile t listed")
+        .clone();
+    assert_eq!(row["state"], "running");
+    assert_eq!(row["engines"], 4);
+    assert_eq!(row["launcher"], "local");
+
+    let client = world.client("t").await;
+    let engines = client.engines().await.expect("engines");
+    let mut pids = BTreeSet::new();
+    for id in 0..4 {
+        let (outputs, reply) = run(&client, id, "import os; os.getpid()").await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        let pid: u32 = result_text(&outputs).parse().expect("a pid");
+        let engine = engines.iter().find(|e| e.id == id).expect("engine");
+        assert_eq!(pid, engine.kernel_pid);
+        assert!(outputs.iter().all(|m| engine_of(m) == Some(id)));
+        pids.insert(pid);
+    }
+    assert_eq!(pids.len(), 4, "four distinct kernels: {pids:?}");
+
+    let started = all_pids(&world, "t", &engines);
+    let stop = world.run(&["cluster", "stop", "--profile", "t"]);
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || started
+            .iter()
+            .all(|p| !alive(*p)))
+        .await,
+        "processes left: {:?}",
+        started.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+    assert!(!world.profile("t").client_file().exists());
+
+    let again = world.run(&["cluster", "stop", "--profile", "t"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no cluster is running"));
+}
+
+/// Kills one engine's kernel (or its engine process) while it runs a request, and checks the
+/// death is reported within 3 s, the request ends with an error naming the engine, the other
+/// engine keeps working, and the engine comes back under its id.
+async fn kill_and_recover(kill_process: bool) {
+    let world = World::new();
+    world.start("k", 2, &["--restart-engines"]);
+    let client = world.client("k").await;
+    let mut notifications = client.subscribe();
+    let engines = client.engines().await.expect("engines");
+    let victim = engines
+        .iter()
+        .find(|e| e.id == 1)
+        .expect("engine 1")
+        .clone();
+
+    let execution = client
+        .execute(1, "import time; time.sleep(60)")
+        .await
+        .expect("submit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = Instant::now();
+    kill9(if kill_process {
+        victim.pid
+    } else {
+        victim.kernel_pid
+    });
+
+    let died = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Ok(Notification::EngineDied(died)) = notifications.recv().await {
+                if died.id == 1 {
+                    return died;
+                }
+            }
+        }
+    })
+    .await
+    .expect("engine_died within 3 s");
+    assert!(killed_at.elapsed() < Duration::from_secs(3));
+    assert_eq!(died.id, 1);
+
+    let (_, reply) = tokio::time::timeout(Duration::from_secs(5), execution.finish())
+        .await
+        .expect("the in-flight request ends");
+    let reply = content(&reply.expect("reply"));
+    assert_eq!(reply["status"], "error");
+    assert_eq!(reply["ename"], "EngineError");
+    assert!(
+        reply["evalue"]
+            .as_str()
+            .unwrap_or("")
+            .contains("engine 1 died while running this request"),
+        "{reply}"
+    );
+
+    let (_, other) = run(&client, 0, "1 + 1").await;
+    assert_eq!(other["status"], "ok");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let revived = loop {
+        let engines = client.engines().await.expect("engines");
+        if let Some(e) = engines.iter().find(|e| {
+            e.id == 1 && e.state == EngineState::Idle && e.kernel_pid != victim.kernel_pid
+        }) {
+            break e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engine 1 did not come back: {engines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(revived.id, 1);
+    let (outputs, reply) = run(&client, 1, "import os; os.getpid()").await;
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(result_text(&outputs), revived.kernel_pid.to_string());
+}
+
+#[tokio::test]
+async fn killed_kernel_is_reported_and_comes_back_under_its_id() {
+    kill_and_recover(false).await;
+}
+
+#[tokio::test]
+async fn killed_engine_process_is_reported_and_comes_back_under_its_id() {
+    kill_and_recover(true).await;
+}
+
+#[tokio::test]
+async fn without_restart_a_dead_engine_is_named_in_errors() {
+    let world = World::new();
+    world.start("d", 2, &[]);
+    let client = world.client("d").await;
+    let engines = client.engines().await.expect("engines");
+    let victim = engines
+        .iter()
+        .find(|e| e.id == 0)
+        .expect("engine 0")
+        .clone();
+    kill9(victim.kernel_pid);
+    let dead = eventually(Duration::from_secs(5), || !alive(victim.kernel_pid)).await;
+    assert!(dead);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let engines = client.engines().await.expect("engines");
+        if engines
+            .iter()
+            .any(|e| e.id == 0 && e.state == EngineState::Dead)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engine 0 not marked dead: {engines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, reply) = run(&client, 0, "1").await;
+    assert_eq!(reply["status"], "error");
+    assert_eq!(reply["ename"], "EngineError");
+    assert!(
+        reply["evalue"].as_str().unwrap_or("").contains("engine 0"),
+        "{reply}"
+    );
+    let (_, reply) = run(&client, 1, "1").await;
+    assert_eq!(reply["status"], "ok");
+    let (_, reply) = run(&client, 7, "1").await;
+    assert_eq!(reply["status"], "error");
+    assert!(
+        reply["evalue"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no engine 7"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_on_every_controller_socket_is_rejected_and_counted() {
+    use zeromq::{Socket, SocketSend};
+    let world = World::new();
+    world.start("g", 1, &[]);
+    let profile = world.profile("g");
+    let client_file: ControllerFile = read_json(&profile.client_file()).expect("client file");
+    let engine_file: ControllerFile = read_json(&profile.engine_file()).expect("engine file");
+
+    let wrong_key = parallax_wire::Session::new(b"not-the-key", "attacker");
+    let badly_signed =
+        wrong_key.encode(&wrong_key.message("engines_request", &serde_json::json!({})));
+    let garbage: Vec<Vec<Vec<u8>>> = vec![
+        vec![b"hello".to_vec()],
+        vec![b"<IDS|MSG>".to_vec(), b"sig".to_vec(), b"{}".to_vec()],
+        vec![
+            b"<IDS|MSG>".to_vec(),
+            b"".to_vec(),
+            b"{not json".to_vec(),
+            b"{}".to_vec(),
+            b"{}".to_vec(),
+            b"{}".to_vec(),
+        ],
+        badly_signed.iter().map(|f| f.to_vec()).collect(),
+    ];
+    for url in [&client_file.url, &engine_file.url] {
+        let mut socket = zeromq::DealerSocket::new();
+        socket.connect(url).await.expect("connect");
+        for frames in &garbage {
+            let frames: Vec<parallax_wire::Bytes> = frames
+                .iter()
+                .cloned()
+                .map(parallax_wire::Bytes::from)
+                .collect();
+            let message = zeromq::ZmqMessage::try_from(frames).expect("frames");
+            socket.send(message).await.expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let client = world.client("g").await;
+    let stats = client.stats().await.expect("stats");
+    assert!(
+        stats["rejected"]["client"].as_u64().unwrap_or(0) >= 4,
+        "{stats}"
+    );
+    assert!(
+        stats["rejected"]["engine"].as_u64().unwrap_or(0) >= 4,
+        "{stats}"
+    );
+    let (_, reply) = run(&client, 0, "6 * 7").await;
+    assert_eq!(reply["status"], "ok");
+}
+
+#[tokio::test]
+async fn two_profiles_run_side_by_side() {
+    let world = World::new();
+    world.start("a", 1, &[]);
+    world.start("b", 1, &[]);
+    let a = world.client("a").await;
+    let b = world.client("b").await;
+    run(&a, 0, "x = 'from a'").await;
+    run(&b, 0, "x = 'from b'").await;
+    let (outputs, _) = run(&a, 0, "x").await;
+    assert_eq!(result_text(&outputs), "'from a'");
+    let stop = world.run(&["cluster", "stop", "--profile", "a"]);
+    assert!(stop.status.success());
+    let (outputs, _) = run(&b, 0, "x").await;
+    assert_eq!(result_text(&outputs), "'from b'");
+    let list = world.run(&["cluster", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).expect("json");
+    let state = |p: &str| {
+        list.as_array()
+            .and_then(|rows| rows.iter().find(|r| r["profile"] == p))
+            .map(|r| r["state"].clone())
+    };
+    assert_eq!(state("a"), Some(Value::from("stopped")));
+    assert_eq!(state("b"), Some(Value::from("running")));
+}
+
+#[tokio::test]
+async fn print_and_fd_output_arrive_tagged_with_the_engine() {
+    let world = World::new();
+    world.start("o", 2, &[]);
+    let client = world.client("o").await;
+    let (outputs, reply) = run(
+        &client,
+        1,
+        "import os, sys\nprint('from-print')\nsys.stdout.flush()\nos.system('echo from-fd')",
+    )
+    .await;
+    assert_eq!(reply["status"], "ok");
+    let text = stream_text(&outputs);
+    assert_eq!(text.matches("from-print").count(), 1, "{text:?}");
+    assert_eq!(text.matches("from-fd").count(), 1, "{text:?}");
+    for message in outputs.iter().filter(|m| m.msg_type() == "stream") {
+        assert_eq!(engine_of(message), Some(1));
+    }
+}
+
+#[tokio::test]
+async fn a_running_profile_is_refused_and_a_stale_one_cleaned() {
+    let world = World::new();
+    world.start("s", 1, &[]);
+    let again = world.run(&[
+        "cluster",
+        "start",
+        "--daemonize",
+        "--profile",
+        "s",
+        "-n",
+        "1",
+    ]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+
+    // A crash: every process of the cluster killed, its files left behind.
+    let client = world.client("s").await;
+    let engines = client.engines().await.expect("engines");
+    drop(client);
+    let pids = all_pids(&world, "s", &engines);
+    for pid in &pids {
+        kill9(*pid);
+    }
+    assert!(eventually(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p))).await);
+    let list = world.run(&["cluster", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert_eq!(list[0]["state"], "stale", "{list}");
+
+    let out = world.start("s", 1, &[]);
+    assert!(out.contains("ready: 1 engines"), "{out}");
+}

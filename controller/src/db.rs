@@ -1,0 +1,637 @@
+//! The task database: `tasks.db` in the profile, SQLite in WAL mode.
+//!
+//! The hub never touches SQLite. It sends [`Command`]s over a channel to one dedicated thread
+//! that owns the connection and writes in batches:
+//!
+//! - task inserts and updates and engine rows are committed together, at most [`BATCH_DELAY`]
+//!   after the first change of a batch;
+//! - stream text is gathered in memory per task and appended at most every [`STREAM_DELAY`] (and
+//!   when the task finishes), so a task that prints a line at a time does not rewrite its growing
+//!   row, and the WAL, for every line;
+//! - a query ([`Command::Get`]) first commits everything pending, so it sees every change sent
+//!   before it.
+//!
+//! Two tables: `tasks` (one row per request: the [`TaskRecord`] fields plus the code) and
+//! `engines` (this controller's engine table, mirrored; emptied when a controller starts, since
+//! the engines of an earlier controller cannot reach a new one). Tasks left `pending` by an
+//! earlier controller are marked failed when a new one opens the file.
+//!
+//! Sizes are bounded by the hub before anything is sent here: at most [`STREAM_LIMIT`] bytes of
+//! each stream and [`RESULT_LIMIT`] bytes of a result or error; binary buffers are never stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parallax_wire::cluster::{EngineId, EngineInfo, EngineState, TaskRecord, ENGINE_ERROR};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// How long a batch of changes waits before it is committed.
+pub(crate) const BATCH_DELAY: Duration = Duration::from_millis(5);
+/// How long stream text waits before it is appended to its task's row.
+pub(crate) const STREAM_DELAY: Duration = Duration::from_secs(1);
+/// The most of each stream (stdout, stderr) kept per task, in bytes.
+pub(crate) const STREAM_LIMIT: usize = 1 << 20;
+/// The largest result or error kept per task, in bytes of JSON.
+pub(crate) const RESULT_LIMIT: usize = 1 << 20;
+
+/// Why the task database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open the task database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot start the task database thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A task to record, with the code it runs.
+#[derive(Debug)]
+pub(crate) struct NewTask {
+    pub record: TaskRecord,
+    pub code: String,
+}
+
+/// A change to a recorded task.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// The kernel went busy for it (the engine's time).
+    Started(String),
+    /// `{ename, evalue, traceback}`.
+    Error(Value),
+    /// The execute_result's data.
+    Result(Value),
+    /// The reply arrived.
+    Finished {
+        status: String,
+        completed: String,
+        received: String,
+    },
+}
+
+/// What the hub asks of the database thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Insert(Box<NewTask>),
+    Update {
+        msg_id: String,
+        change: Change,
+    },
+    /// Text to append to a task's stdout (or stderr).
+    Stream {
+        msg_id: String,
+        stderr: bool,
+        text: String,
+    },
+    /// Insert or replace an engine's row.
+    Engine(Box<EngineInfo>),
+    /// Read a task; the answer is `Err` with a message when the query failed.
+    Get {
+        msg_id: String,
+        reply: oneshot::Sender<Result<Option<TaskRecord>, String>>,
+    },
+}
+
+/// The hub's handle on the database thread.
+#[derive(Debug)]
+pub(crate) struct TaskDb {
+    sender: Sender<Command>,
+    thread: JoinHandle<()>,
+}
+
+impl TaskDb {
+    /// Opens (or creates) the database at `path` and starts its thread. Opening is a few file
+    /// operations, done by the caller before the hub starts.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let connection = open_connection(path).map_err(|source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (sender, receiver) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("parallax-taskdb".into())
+            .spawn(move || Writer::new(connection).run(receiver))
+            .map_err(DbError::Thread)?;
+        Ok(TaskDb { sender, thread })
+    }
+
+    /// Queues a command; never waits.
+    pub fn send(&self, command: Command) {
+        if self.sender.send(command).is_err() {
+            tracing::error!("the task database thread has stopped; a change is lost");
+        }
+    }
+
+    /// Commits everything pending and waits for the thread to close the database.
+    pub async fn close(self) {
+        let TaskDb { sender, thread } = self;
+        drop(sender);
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("the task database thread failed"),
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    msg_id    TEXT PRIMARY KEY,
+    client    TEXT NOT NULL,
+    engine    INTEGER,
+    msg_type  TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    submitted TEXT,
+    started   TEXT,
+    completed TEXT,
+    received  TEXT,
+    stdout    TEXT NOT NULL DEFAULT '',
+    stderr    TEXT NOT NULL DEFAULT '',
+    error     TEXT,
+    result    TEXT,
+    code      TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_by_client ON tasks (client);
+CREATE TABLE IF NOT EXISTS engines (
+    id             INTEGER PRIMARY KEY,
+    uuid           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    pid            INTEGER NOT NULL,
+    kernel         TEXT NOT NULL,
+    kernel_pid     INTEGER NOT NULL,
+    state          TEXT NOT NULL,
+    registered     TEXT NOT NULL,
+    last_heartbeat TEXT NOT NULL,
+    tasks_done     INTEGER NOT NULL,
+    queue          INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    // `journal_mode` answers with the mode it set, so it is a query, not an update.
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%mode, "the task database is not in WAL mode");
+    }
+    connection.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    connection.execute_batch(SCHEMA)?;
+    // What an earlier controller left: its engines are gone, its pending tasks never finish.
+    connection.execute("DELETE FROM engines", [])?;
+    let stale = connection.execute(
+        "UPDATE tasks SET status = 'error', error = ?1 WHERE status = 'pending'",
+        params![serde_json::json!({
+            "ename": ENGINE_ERROR,
+            "evalue": "the controller stopped before this request finished",
+            "traceback": [],
+        })
+        .to_string()],
+    )?;
+    if stale > 0 {
+        tracing::info!(
+            stale,
+            "marked unfinished tasks of an earlier controller failed"
+        );
+    }
+    Ok(connection)
+}
+
+/// Stream text waiting to be appended to one task's row.
+#[derive(Debug)]
+struct PendingStreams {
+    stdout: String,
+    stderr: String,
+    since: Instant,
+    /// The task finished: append with the next batch.
+    due: bool,
+}
+
+/// The database thread's state.
+struct Writer {
+    connection: Connection,
+    /// Inserts and updates, in arrival order.
+    changes: Vec<Command>,
+    engines: BTreeMap<EngineId, EngineInfo>,
+    streams: HashMap<String, PendingStreams>,
+    batch_since: Option<Instant>,
+}
+
+impl Writer {
+    fn new(connection: Connection) -> Self {
+        Writer {
+            connection,
+            changes: Vec::new(),
+            engines: BTreeMap::new(),
+            streams: HashMap::new(),
+            batch_since: None,
+        }
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            let received = match self.deadline() {
+                None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => commands.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match received {
+                Ok(command) => self.take(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.deadline().is_some_and(|at| at <= Instant::now()) {
+                self.flush(false);
+            }
+        }
+        self.flush(true);
+        tracing::debug!("task database closed");
+    }
+
+    /// When the next commit is due, if anything is pending.
+    fn deadline(&self) -> Option<Instant> {
+        let batch = self.batch_since.map(|since| since + BATCH_DELAY);
+        let streams = self
+            .streams
+            .values()
+            .map(|s| {
+                if s.due {
+                    s.since.min(Instant::now())
+                } else {
+                    s.since + STREAM_DELAY
+                }
+            })
+            .min();
+        match (batch, streams) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Get { msg_id, reply } => {
+                self.flush(true);
+                let _ = reply.send(read_task(&self.connection, &msg_id).map_err(|e| e.to_string()));
+                return;
+            }
+            Command::Stream {
+                msg_id,
+                stderr,
+                text,
+            } => {
+                let pending = self
+                    .streams
+                    .entry(msg_id)
+                    .or_insert_with(|| PendingStreams {
+                        stdout: String::new(),
+                        stderr: String::new(),
+                        since: Instant::now(),
+                        due: false,
+                    });
+                if stderr {
+                    pending.stderr.push_str(&text);
+                } else {
+                    pending.stdout.push_str(&text);
+                }
+                return;
+            }
+            Command::Engine(info) => {
+                self.engines.insert(info.id, *info);
+            }
+            Command::Update {
+                ref msg_id,
+                change: Change::Finished { .. },
+            } => {
+                if let Some(pending) = self.streams.get_mut(msg_id) {
+                    pending.due = true;
+                }
+                self.changes.push(command);
+            }
+            Command::Insert(_) | Command::Update { .. } => self.changes.push(command),
+        }
+        self.batch_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Commits the pending batch and the streams that are due (all of them when `all`).
+    fn flush(&mut self, all: bool) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| all || s.due || s.since + STREAM_DELAY <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let streams: Vec<(String, PendingStreams)> = due
+            .into_iter()
+            .filter_map(|id| self.streams.remove_entry(&id))
+            .collect();
+        let changes = std::mem::take(&mut self.changes);
+        let engines = std::mem::take(&mut self.engines);
+        self.batch_since = None;
+        if changes.is_empty() && engines.is_empty() && streams.is_empty() {
+            return;
+        }
+        let count = changes.len() + engines.len() + streams.len();
+        if let Err(error) = self.commit(changes, engines, streams) {
+            tracing::error!(%error, count, "task database write failed; changes lost");
+        }
+    }
+
+    fn commit(
+        &mut self,
+        changes: Vec<Command>,
+        engines: BTreeMap<EngineId, EngineInfo>,
+        streams: Vec<(String, PendingStreams)>,
+    ) -> rusqlite::Result<()> {
+        let transaction = self.connection.transaction()?;
+        for change in changes {
+            apply(&transaction, change)?;
+        }
+        for info in engines.values() {
+            write_engine(&transaction, info)?;
+        }
+        for (msg_id, pending) in streams {
+            transaction.execute(
+                "UPDATE tasks SET stdout = stdout || ?2, stderr = stderr || ?3 WHERE msg_id = ?1",
+                params![msg_id, pending.stdout, pending.stderr],
+            )?;
+        }
+        transaction.commit()
+    }
+}
+
+fn json_text(value: &Option<Value>) -> Option<String> {
+    value.as_ref().map(Value::to_string)
+}
+
+fn apply(db: &Connection, command: Command) -> rusqlite::Result<()> {
+    match command {
+        Command::Insert(task) => {
+            let NewTask { record: r, code } = *task;
+            db.execute(
+                "INSERT OR REPLACE INTO tasks (msg_id, client, engine, msg_type, status, submitted,
+                    started, completed, received, stdout, stderr, error, result, code)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    r.msg_id,
+                    r.client,
+                    r.engine,
+                    r.msg_type,
+                    r.status,
+                    r.submitted,
+                    r.started,
+                    r.completed,
+                    r.received,
+                    r.stdout,
+                    r.stderr,
+                    json_text(&r.error),
+                    json_text(&r.result),
+                    code,
+                ],
+            )?;
+        }
+        Command::Update { msg_id, change } => {
+            match change {
+                Change::Started(at) => db.execute(
+                    "UPDATE tasks SET started = ?2 WHERE msg_id = ?1 AND started IS NULL",
+                    params![msg_id, at],
+                )?,
+                Change::Error(error) => db.execute(
+                    "UPDATE tasks SET error = ?2 WHERE msg_id = ?1",
+                    params![msg_id, error.to_string()],
+                )?,
+                Change::Result(result) => db.execute(
+                    "UPDATE tasks SET result = ?2 WHERE msg_id = ?1",
+                    params![msg_id, result.to_string()],
+                )?,
+                Change::Finished {
+                    status,
+                    completed,
+                    received,
+                } => db.execute(
+                    "UPDATE tasks SET status = ?2, completed = ?3, received = ?4 WHERE msg_id = ?1",
+                    params![msg_id, status, completed, received],
+                )?,
+            };
+        }
+        // Not batched as changes (see `Writer::take`).
+        Command::Stream { .. } | Command::Engine(_) | Command::Get { .. } => {}
+    }
+    Ok(())
+}
+
+fn state_name(state: EngineState) -> &'static str {
+    match state {
+        EngineState::Idle => "idle",
+        EngineState::Busy => "busy",
+        EngineState::Restarting => "restarting",
+        EngineState::Dead => "dead",
+    }
+}
+
+fn write_engine(db: &Connection, e: &EngineInfo) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT OR REPLACE INTO engines (id, uuid, host, pid, kernel, kernel_pid, state,
+            registered, last_heartbeat, tasks_done, queue)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            e.id,
+            e.uuid,
+            e.host,
+            e.pid,
+            e.kernel,
+            e.kernel_pid,
+            state_name(e.state),
+            e.registered,
+            e.last_heartbeat,
+            e.tasks_done,
+            e.queue,
+        ],
+    )?;
+    Ok(())
+}
+
+fn parse_json(column: Option<String>) -> Option<Value> {
+    let text = column?;
+    match serde_json::from_str(&text) {
+        Ok(value) => Some(value),
+        // Written by us, so this means the file was edited: show the text rather than nothing.
+        Err(_) => Some(Value::String(text)),
+    }
+}
+
+fn read_task(db: &Connection, msg_id: &str) -> rusqlite::Result<Option<TaskRecord>> {
+    db.query_row(
+        "SELECT msg_id, client, engine, msg_type, status, submitted, started, completed,
+                received, stdout, stderr, error, result
+         FROM tasks WHERE msg_id = ?1",
+        params![msg_id],
+        |row| {
+            Ok(TaskRecord {
+                msg_id: row.get(0)?,
+                client: row.get(1)?,
+                engine: row.get(2)?,
+                msg_type: row.get(3)?,
+                status: row.get(4)?,
+                submitted: row.get(5)?,
+                started: row.get(6)?,
+                completed: row.get(7)?,
+                received: row.get(8)?,
+                stdout: row.get(9)?,
+                stderr: row.get(10)?,
+                error: parse_json(row.get(11)?),
+                result: parse_json(row.get(12)?),
+            })
+        },
+    )
+    .optional()
+}
+
+/// `value` if its JSON fits in [`RESULT_LIMIT`] bytes; else, for an object of mime types (a
+/// result's data), the entries that fit, with `text/plain` first, plus a note of what was left
+/// out (`parallax/omitted`: `{mime type: bytes}`).
+pub(crate) fn bounded(value: Value) -> Value {
+    let size = |v: &Value| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+    if size(&value) <= RESULT_LIMIT {
+        return value;
+    }
+    let Value::Object(entries) = value else {
+        return serde_json::json!({ "parallax/omitted": { "value": size(&value) } });
+    };
+    let mut kept = serde_json::Map::new();
+    let mut omitted = serde_json::Map::new();
+    let mut budget = RESULT_LIMIT.saturating_sub(1024);
+    let mut ordered: Vec<(String, Value)> = entries.into_iter().collect();
+    ordered.sort_by_key(|(mime, _)| mime != "text/plain");
+    for (mime, entry) in ordered {
+        let bytes = size(&entry).saturating_add(mime.len());
+        if bytes <= budget {
+            budget -= bytes;
+            kept.insert(mime, entry);
+        } else {
+            omitted.insert(mime, Value::from(bytes));
+        }
+    }
+    kept.insert("parallax/omitted".into(), Value::Object(omitted));
+    Value::Object(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(msg_id: &str) -> TaskRecord {
+        TaskRecord {
+            msg_id: msg_id.into(),
+            client: "c".into(),
+            engine: Some(1),
+            msg_type: "execute_request".into(),
+            status: "pending".into(),
+            submitted: Some("t0".into()),
+            started: None,
+            completed: None,
+            received: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: None,
+            result: None,
+        }
+    }
+
+    fn get(db: &TaskDb, msg_id: &str) -> Option<TaskRecord> {
+        let (tx, rx) = oneshot::channel();
+        db.send(Command::Get {
+            msg_id: msg_id.into(),
+            reply: tx,
+        });
+        rx.blocking_recv().expect("answered").expect("query")
+    }
+
+    #[test]
+    fn records_updates_and_streams_and_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tasks.db");
+        let db = TaskDb::open(&path).expect("open");
+        db.send(Command::Insert(Box::new(NewTask {
+            record: record("m1"),
+            code: "print(1)".into(),
+        })));
+        for text in ["a", "b\n"] {
+            db.send(Command::Stream {
+                msg_id: "m1".into(),
+                stderr: false,
+                text: text.into(),
+            });
+        }
+        db.send(Command::Stream {
+            msg_id: "m1".into(),
+            stderr: true,
+            text: "warn".into(),
+        });
+        db.send(Command::Update {
+            msg_id: "m1".into(),
+            change: Change::Started("t1".into()),
+        });
+        db.send(Command::Update {
+            msg_id: "m1".into(),
+            change: Change::Result(serde_json::json!({"text/plain": "2"})),
+        });
+        db.send(Command::Update {
+            msg_id: "m1".into(),
+            change: Change::Finished {
+                status: "ok".into(),
+                completed: "t2".into(),
+                received: "t3".into(),
+            },
+        });
+        let task = get(&db, "m1").expect("recorded");
+        assert_eq!(task.stdout, "ab\n");
+        assert_eq!(task.stderr, "warn");
+        assert_eq!(task.status, "ok");
+        assert_eq!(task.started.as_deref(), Some("t1"));
+        assert_eq!(task.received.as_deref(), Some("t3"));
+        assert_eq!(task.result, Some(serde_json::json!({"text/plain": "2"})));
+        assert_eq!(get(&db, "nope"), None);
+
+        // A pending task of a controller that stopped is failed by the next one.
+        db.send(Command::Insert(Box::new(NewTask {
+            record: record("m2"),
+            code: String::new(),
+        })));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(db.close());
+        let db = TaskDb::open(&path).expect("reopen");
+        let task = get(&db, "m2").expect("kept");
+        assert_eq!(task.status, "error");
+        assert_eq!(task.error.expect("error")["ename"], ENGINE_ERROR);
+        assert_eq!(get(&db, "m1").expect("kept").stdout, "ab\n");
+    }
+
+    #[test]
+    fn big_results_keep_what_fits() {
+        let small = serde_json::json!({"text/plain": "1"});
+        assert_eq!(bounded(small.clone()), small);
+        let big = serde_json::json!({
+            "text/plain": "<Figure>",
+            "image/png": "x".repeat(RESULT_LIMIT + 10),
+        });
+        let kept = bounded(big);
+        assert_eq!(kept["text/plain"], "<Figure>");
+        assert!(kept.get("image/png").is_none());
+        assert!(
+            kept["parallax/omitted"]["image/png"]
+                .as_u64()
+                .expect("size")
+                > 1 << 20
+        );
+    }
+}

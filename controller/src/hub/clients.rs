@@ -1,0 +1,336 @@
+//! What clients send: the hub's queries, interrupts, and `execute_request`s routed to the engine
+//! their metadata names. Every request gets a reply; one the controller does not know gets
+//! `<type>_reply` with `status: error`.
+
+use std::collections::BTreeMap;
+
+use parallax_wire::cluster::{
+    ConnectReply, EngineId, EngineState, EnginesReply, QueueReply, QueueStatus, Routing, Targets,
+    TaskRecord, TaskRequest, ENGINE_ERROR,
+};
+use parallax_wire::{now_iso8601, Message};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::{error_content, error_fields, execute_error, Captured, Hub, Task};
+use crate::db::{Command, NewTask, RESULT_LIMIT};
+
+/// The ename of requests the controller cannot route (no or bad `engine` metadata, a msg_id
+/// already in flight).
+pub(crate) const ROUTING_ERROR: &str = "RoutingError";
+
+#[derive(Deserialize)]
+struct Code {
+    #[serde(default)]
+    code: String,
+}
+
+impl Hub {
+    pub(super) async fn on_client(&mut self, message: Message) {
+        match message.msg_type() {
+            "connect_request" => self.on_connect(message).await,
+            "engines_request" => {
+                let reply = EnginesReply {
+                    status: "ok".into(),
+                    engines: self.registry.infos(),
+                };
+                self.reply(&message, &reply).await;
+            }
+            "queue_request" => self.on_queue(&message).await,
+            "task_request" => self.on_task_request(message),
+            "execute_request" => self.on_execute(message).await,
+            "interrupt_request" => self.on_interrupt(&message).await,
+            "stats_request" => {
+                let content = json!({
+                    "status": "ok",
+                    "rejected": {
+                        "client": self.client_stats.rejected(),
+                        "engine": self.engine_stats.rejected(),
+                    },
+                });
+                self.reply(&message, &content).await;
+            }
+            other => {
+                tracing::debug!(msg_type = other, "unknown request from a client");
+                let evalue = format!("the controller does not handle {other} messages");
+                self.reply(&message, &error_content("UnknownMessageType", &evalue))
+                    .await;
+            }
+        }
+    }
+
+    async fn on_connect(&mut self, message: Message) {
+        if !self.clients.contains(&message.identities) {
+            self.clients.push(message.identities.clone());
+        }
+        tracing::info!(client = %message.header().session, "client connected");
+        let reply = ConnectReply {
+            status: "ok".into(),
+            engines: self.registry.infos(),
+            profile: self.profile.clone(),
+        };
+        self.reply(&message, &reply).await;
+    }
+
+    async fn on_queue(&self, message: &Message) {
+        let engines = self
+            .registry
+            .iter()
+            .filter(|e| e.is_live())
+            .map(|e| {
+                let status = QueueStatus {
+                    queue: e.info.queue,
+                    completed: e.info.tasks_done,
+                    // Load-balanced requests waiting for this engine: none until there is a
+                    // scheduler.
+                    tasks: 0,
+                };
+                (e.info.id.to_string(), status)
+            })
+            .collect::<BTreeMap<_, _>>();
+        let reply = QueueReply {
+            status: "ok".into(),
+            unassigned: 0,
+            engines,
+        };
+        self.reply(message, &reply).await;
+    }
+
+    /// Asks the database thread; a small task sends the reply when it answers.
+    fn on_task_request(&self, message: Message) {
+        let msg_id = match message.content_as::<TaskRequest>() {
+            Ok(request) => request.msg_id,
+            Err(error) => {
+                let content = json!({
+                    "status": "error",
+                    "ename": "ValueError",
+                    "evalue": format!("invalid task_request: {error}"),
+                });
+                let reply = self.session.reply(&message, "task_reply", &content);
+                let out = self.clients_out.clone();
+                tokio::spawn(async move { out.send(reply).await });
+                return;
+            }
+        };
+        let (answer, answered) = oneshot::channel();
+        self.db.send(Command::Get {
+            msg_id: msg_id.clone(),
+            reply: answer,
+        });
+        let session = self.session.clone();
+        let out = self.clients_out.clone();
+        tokio::spawn(async move {
+            let content = match answered.await {
+                Ok(Ok(Some(task))) => json!({"status": "ok", "task": task}),
+                Ok(Ok(None)) => json!({
+                    "status": "error",
+                    "ename": "KeyError",
+                    "evalue": format!("no task {msg_id}"),
+                }),
+                Ok(Err(error)) => json!({
+                    "status": "error",
+                    "ename": "DatabaseError",
+                    "evalue": format!("cannot read task {msg_id}: {error}"),
+                }),
+                Err(_) => json!({
+                    "status": "error",
+                    "ename": "DatabaseError",
+                    "evalue": "the task database is not running",
+                }),
+            };
+            let _ = out
+                .send(session.reply(&message, "task_reply", &content))
+                .await;
+        });
+    }
+
+    async fn on_interrupt(&self, message: &Message) {
+        let targets = match message.content_as::<Targets>() {
+            Ok(targets) => targets.targets,
+            Err(error) => {
+                let evalue = format!("invalid interrupt_request: {error}");
+                return self
+                    .reply(message, &error_content("ValueError", &evalue))
+                    .await;
+            }
+        };
+        let ids: Vec<EngineId> = match targets {
+            Some(ids) => ids,
+            None => self
+                .registry
+                .iter()
+                .filter(|e| e.is_serving())
+                .map(|e| e.info.id)
+                .collect(),
+        };
+        let mut interrupted = Vec::new();
+        let mut problems = Vec::new();
+        for id in ids {
+            match self.unavailable(id) {
+                Some(problem) => problems.push(problem),
+                None => {
+                    if let Some(engine) = self.registry.get(id) {
+                        let mut request = self.session.message("interrupt_request", &json!({}));
+                        request.identities = engine.route.clone();
+                        self.to_engine(request).await;
+                        interrupted.push(id);
+                    }
+                }
+            }
+        }
+        let content = if problems.is_empty() {
+            json!({"status": "ok", "engines": interrupted})
+        } else {
+            let mut content = error_content(ENGINE_ERROR, &problems.join("; "));
+            content["engines"] = json!(interrupted);
+            content
+        };
+        self.reply(message, &content).await;
+    }
+
+    /// Why engine `id` cannot take a request now, if it cannot.
+    fn unavailable(&self, id: EngineId) -> Option<String> {
+        match self.registry.get(id) {
+            None => Some(format!(
+                "there is no engine {id} ({})",
+                self.registry.describe_ids()
+            )),
+            Some(engine) if engine.info.state == EngineState::Dead => {
+                Some(format!("engine {id} is dead"))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Routes an execute request to the engine its metadata names, or answers it with an error.
+    async fn on_execute(&mut self, message: Message) {
+        let engine_id = match message.metadata_as::<Routing>() {
+            Ok(routing) => routing.engine,
+            Err(error) => {
+                let evalue = format!(
+                    "execute_request needs metadata {{\"engine\": <id>}} naming the engine to \
+                     run on ({error})"
+                );
+                return self
+                    .reject(message, None, ROUTING_ERROR, &evalue, true)
+                    .await;
+            }
+        };
+        if let Some(problem) = self.unavailable(engine_id) {
+            return self
+                .reject(message, Some(engine_id), ENGINE_ERROR, &problem, true)
+                .await;
+        }
+        if self.tasks.contains_key(message.msg_id()) {
+            // Answered, but not recorded: the msg_id's record is the running request's.
+            let evalue = format!("a request with msg_id {} is in flight", message.msg_id());
+            return self
+                .reject(message, Some(engine_id), ROUTING_ERROR, &evalue, false)
+                .await;
+        }
+        let Some(engine) = self.registry.get_mut(engine_id) else {
+            return;
+        };
+        let mut forward = message.clone();
+        forward.identities = engine.route.clone();
+        engine.info.queue += 1;
+        engine.settle_state();
+
+        let mut record = new_record(&message, Some(engine_id));
+        record.status = "pending".into();
+        let code = message
+            .content_as::<Code>()
+            .map(|c| c.code)
+            .unwrap_or_default();
+        self.db.send(Command::Insert(Box::new(NewTask {
+            record,
+            code: truncate(code, RESULT_LIMIT),
+        })));
+        let mut request = message;
+        request.buffers.clear();
+        self.tasks.insert(
+            request.msg_id().to_owned(),
+            Task {
+                seq: self.next_seq,
+                request,
+                engine: engine_id,
+                stdout: Captured::default(),
+                stderr: Captured::default(),
+                failed: false,
+            },
+        );
+        self.next_seq += 1;
+        self.to_engine(forward).await;
+        self.save_engine(engine_id);
+    }
+
+    /// Answers an execute request that cannot run, and records it failed.
+    async fn reject(
+        &self,
+        request: Message,
+        engine: Option<EngineId>,
+        ename: &str,
+        evalue: &str,
+        record: bool,
+    ) {
+        tracing::debug!(%evalue, "execute_request refused");
+        let content = execute_error(ename, evalue);
+        let metadata = match engine {
+            Some(id) => json!({"engine_id": id, "status": "error"}),
+            None => json!({"status": "error"}),
+        };
+        let reply = self
+            .session
+            .reply(&request, "execute_reply", &content)
+            .with_metadata(&metadata);
+        self.to_client(reply).await;
+        if record {
+            let mut record = new_record(&request, engine);
+            let now = now_iso8601();
+            record.status = "error".into();
+            record.completed = Some(now.clone());
+            record.received = Some(now);
+            record.error = Some(error_fields(&content));
+            let code = request
+                .content_as::<Code>()
+                .map(|c| c.code)
+                .unwrap_or_default();
+            self.db.send(Command::Insert(Box::new(NewTask {
+                record,
+                code: truncate(code, RESULT_LIMIT),
+            })));
+        }
+    }
+}
+
+/// A task record for a request just received.
+fn new_record(request: &Message, engine: Option<EngineId>) -> TaskRecord {
+    TaskRecord {
+        msg_id: request.msg_id().to_owned(),
+        client: request.header().session.clone(),
+        engine,
+        msg_type: request.msg_type().to_owned(),
+        status: "pending".into(),
+        submitted: Some(now_iso8601()),
+        started: None,
+        completed: None,
+        received: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        error: None,
+        result: None,
+    }
+}
+
+/// `text` cut to at most `limit` bytes (at a character boundary).
+fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut cut = limit;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

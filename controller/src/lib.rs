@@ -1,0 +1,155 @@
+//! The Parallax controller: one per cluster. Engines and clients dial in to it; it tracks the
+//! engines (registration, ids, heartbeats, deaths), routes each client's requests to the engine
+//! they name, relays the engines' outputs and replies back to the client that asked, tells every
+//! connected client when an engine comes or goes, and records every task in SQLite so that
+//! results outlive clients. The protocol is documented in [`parallax_wire::cluster`].
+//!
+//! ```text
+//! clients ── DEALER ─► client ROUTER ─┐                  ┌─► DB thread ─► tasks.db (WAL)
+//!                                     ├─► hub (one task) ─┤
+//! engines ── DEALER ─► engine ROUTER ─┘                  └─► outboxes ─► ROUTERs
+//! ```
+//!
+//! # Layout
+//!
+//! - [`run`] / [`ControllerOptions`]: binding, the security files, serving until shutdown.
+//! - `hub`: the task that owns the state (engines, requests in flight, clients) and handles
+//!   every message; `hub::clients` and `hub::engines` hold the two sides' handlers.
+//! - `registry`: the engine table and the rules for engine ids.
+//! - `db`: the task database, written by its own thread in batches.
+//! - `files`: `security/controller-{client,engine}.json` and the addresses they advertise.
+
+use std::future::Future;
+
+use parallax_net::{bind_router, LinkStats, NetError};
+use parallax_wire::profile::{ControllerFile, Profile, ProfileError};
+use parallax_wire::Session;
+
+mod db;
+mod files;
+mod hub;
+mod registry;
+
+pub use db::DbError;
+
+/// How the controller was asked to run.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// The profile whose files the controller writes (`security/`, `tasks.db`).
+    pub profile: Profile,
+    /// The address both ROUTERs bind to, on OS-chosen ports: `127.0.0.1` unless engines on
+    /// other hosts must reach the controller (`0.0.0.0`, or one interface's address).
+    pub ip: String,
+}
+
+impl ControllerOptions {
+    /// Options for `profile`, listening on 127.0.0.1.
+    pub fn new(profile: Profile) -> Self {
+        ControllerOptions {
+            profile,
+            ip: "127.0.0.1".into(),
+        }
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(
+        "a controller (pid {pid}) is already running for profile {profile:?} at {url}; stop it \
+         first"
+    )]
+    AlreadyRunning {
+        profile: String,
+        pid: u32,
+        url: String,
+    },
+    #[error("the socket bound to {endpoint} did not report its port")]
+    NoPort { endpoint: String },
+    #[error("startup task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The signature scheme written in the security files.
+const SIGNATURE_SCHEME: &str = "hmac-sha256";
+
+/// Runs a controller for `options.profile` until `shutdown` resolves.
+///
+/// Creates the profile's folders, opens `tasks.db`, binds the client and engine ROUTERs on
+/// OS-chosen ports with a fresh random key, and only then writes the two security files. When
+/// `shutdown` resolves it asks every live engine to shut down, waits up to 2 s for their
+/// answers, fails the requests still in flight, closes the database and removes the security
+/// files.
+pub async fn run(
+    options: ControllerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ControllerError> {
+    let profile = options.profile;
+    profile.create()?;
+    let check = profile.clone();
+    tokio::task::spawn_blocking(move || files::check_not_running(&check)).await??;
+    let db = db::TaskDb::open(&profile.tasks_db())?;
+
+    // A uuid4, as jupyter_client makes kernel keys: 122 random bits.
+    let key = uuid::Uuid::new_v4().to_string();
+    let session = Session::new(key.as_bytes(), "parallax-controller");
+    let host = files::endpoint_host(&options.ip);
+    let endpoint = format!("tcp://{host}:0");
+    let client_stats = LinkStats::new("controller client link");
+    let engine_stats = LinkStats::new("controller engine link");
+    let (client_bound, clients_out, clients_in) =
+        bind_router(&endpoint, session.clone(), client_stats.clone()).await?;
+    let (engine_bound, engines_out, engines_in) =
+        bind_router(&endpoint, session.clone(), engine_stats.clone()).await?;
+
+    let ip = options.ip.clone();
+    let (client_host, engine_host) =
+        tokio::task::spawn_blocking(move || files::advertised_hosts(&ip)).await?;
+    let file = |bound: &str, host: &str| -> Result<ControllerFile, ControllerError> {
+        let port = files::port_of(bound).ok_or_else(|| ControllerError::NoPort {
+            endpoint: bound.to_owned(),
+        })?;
+        Ok(ControllerFile {
+            url: format!("tcp://{host}:{port}"),
+            key: key.clone(),
+            signature_scheme: SIGNATURE_SCHEME.into(),
+            profile: profile.name().to_owned(),
+            controller_pid: std::process::id(),
+        })
+    };
+    let client_file = file(&client_bound, &client_host)?;
+    let engine_file = file(&engine_bound, &engine_host)?;
+    tracing::info!(
+        profile = profile.name(),
+        client = %client_file.url,
+        engine = %engine_file.url,
+        "controller listening"
+    );
+    let security = files::SecurityFiles::write(&profile, client_file, engine_file)?;
+
+    let links = hub::Links {
+        session,
+        clients_out,
+        clients_in,
+        client_stats,
+        engines_out,
+        engines_in,
+        engine_stats,
+    };
+    let db = hub::Hub::new(profile.name().to_owned(), links, db)
+        .run(shutdown)
+        .await;
+    db.close().await;
+    drop(security);
+    // zmq.rs `send` only queues: give the last replies a moment to reach the wire before the
+    // caller exits.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tracing::info!(profile = profile.name(), "controller stopped");
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! `cluster.json`: what a profile's cluster runs, and whether it still does.
+//!
+//! The supervisor writes the file when it starts and updates it as processes start; it removes it
+//! when the cluster stops. A file whose supervisor is gone was left by a crash: the cluster is
+//! *stale*, and [`clean_stale`] ends whatever of it still runs and removes its files.
+
+use std::path::Path;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use parallax_wire::profile::{read_json, write_json, Profile, ProfileError};
+use serde::{Deserialize, Serialize};
+
+/// The contents of `cluster.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClusterState {
+    pub profile: String,
+    /// Engines asked for.
+    pub n: usize,
+    pub kernel: String,
+    pub launcher: String,
+    pub restart_engines: bool,
+    /// The process that started and watches the others.
+    pub supervisor_pid: u32,
+    pub controller_pid: Option<u32>,
+    pub engine_pids: Vec<u32>,
+    /// ISO 8601.
+    pub started: String,
+}
+
+impl ClusterState {
+    /// Every process of the cluster, supervisor first.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.supervisor_pid)
+            .chain(self.controller_pid)
+            .chain(self.engine_pids.iter().copied())
+            .collect()
+    }
+
+    pub fn write(&self, profile: &Profile) -> Result<(), ProfileError> {
+        write_json(&profile.cluster_file(), self, false)
+    }
+}
+
+/// What a profile's `cluster.json` says, checked against the running processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterStatus {
+    /// Its supervisor is alive.
+    Running(ClusterState),
+    /// It was left by a cluster whose supervisor is gone.
+    Stale(ClusterState),
+    /// No cluster.
+    Stopped,
+}
+
+/// The status of `profile`'s cluster.
+pub fn status(profile: &Profile) -> ClusterStatus {
+    let path = profile.cluster_file();
+    if !path.exists() {
+        return ClusterStatus::Stopped;
+    }
+    match read_json::<ClusterState>(&path) {
+        Ok(state) if is_parallax_process(state.supervisor_pid) => ClusterStatus::Running(state),
+        Ok(state) => ClusterStatus::Stale(state),
+        // An unreadable file is left over too: treat it as stale with nothing to end.
+        Err(_) => ClusterStatus::Stale(ClusterState {
+            profile: profile.name().to_owned(),
+            n: 0,
+            kernel: String::new(),
+            launcher: "local".into(),
+            restart_engines: false,
+            supervisor_pid: 0,
+            controller_pid: None,
+            engine_pids: Vec::new(),
+            started: String::new(),
+        }),
+    }
+}
+
+/// Whether `pid` is alive and is a parallax process (not a recycled pid of something else).
+pub fn is_parallax_process(pid: u32) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    // Zombies have an empty command line; they are gone for our purposes.
+    cmdline
+        .split(|b| *b == 0)
+        .next()
+        .is_some_and(|exe| exe.ends_with(b"parallax"))
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    let Some(pid) = to_pid(pid) else {
+        return false;
+    };
+    if kill(pid, None).is_err() {
+        return false;
+    }
+    // A zombie still answers kill(0); its state in /proc says it has exited.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn to_pid(pid: u32) -> Option<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .map(Pid::from_raw)
+}
+
+/// Sends `signal` to `pid`'s process group (every cluster process leads its own), and to the
+/// process itself in case it does not lead one.
+pub fn signal_tree(pid: u32, signal: Signal) {
+    if let Some(pid) = to_pid(pid) {
+        let _ = killpg(pid, signal);
+        let _ = kill(pid, signal);
+    }
+}
+
+/// Ends what is left of a stale cluster and removes its files.
+pub fn clean_stale(profile: &Profile, state: &ClusterState) {
+    for pid in state.pids() {
+        if is_parallax_process(pid) {
+            signal_tree(pid, Signal::SIGKILL);
+        }
+    }
+    remove_files(profile);
+}
+
+/// Removes the files that say a cluster is running.
+pub fn remove_files(profile: &Profile) {
+    for path in [
+        profile.cluster_file(),
+        profile.client_file(),
+        profile.engine_file(),
+    ] {
+        remove(&path);
+    }
+}
+
+fn remove(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), %error, "cannot remove");
+        }
+    }
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(supervisor_pid: u32) -> ClusterState {
+        ClusterState {
+            profile: "t".into(),
+            n: 2,
+            kernel: "python3".into(),
+            launcher: "local".into(),
+            restart_engines: false,
+            supervisor_pid,
+            controller_pid: Some(supervisor_pid),
+            engine_pids: vec![],
+            started: "2026-01-01T00:00:00.000000Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_dead_supervisor_means_stale_and_is_cleaned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = Profile::in_dir(dir.path(), "t").expect("profile");
+        profile.create().expect("create");
+        assert_eq!(status(&profile), ClusterStatus::Stopped);
+        // A pid that cannot be ours: the test process is not called parallax.
+        let s = state(std::process::id());
+        s.write(&profile).expect("write");
+        assert_eq!(status(&profile), ClusterStatus::Stale(s.clone()));
+        std::fs::write(profile.client_file(), "{}").expect("write");
+        clean_stale(
+            &profile,
+            &ClusterState {
+                supervisor_pid: 0,
+                controller_pid: None,
+                ..s
+            },
+        );
+        assert_eq!(status(&profile), ClusterStatus::Stopped);
+        assert!(!profile.client_file().exists());
+    }
+
+    #[test]
+    fn liveness() {
+        assert!(is_alive(std::process::id()));
+        assert!(!is_alive(0));
+        assert!(!is_alive(u32::MAX));
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.log");
+        std::fs::write(&path, "a\nb\nc\n").expect("write");
+        assert_eq!(log_tail(&path, 2), "b\nc");
+        assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
+    }
+}

@@ -1,0 +1,296 @@
+//! The supervisor: the process that starts a cluster's controller and engines on this machine and
+//! watches them until the cluster is stopped.
+//!
+//! Each child runs in its own process group with its stderr in the profile's `log/`, so that a
+//! stop can end a child together with whatever it started (an engine's kernel). One task waits
+//! on each child and reports its exit; the supervisor's loop reacts: an engine that died is
+//! started again under its old id when engines restart, a controller that died ends the cluster.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use parallax_client::ControllerClient;
+use parallax_wire::cluster::{EngineId, EngineState};
+use parallax_wire::profile::Profile;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::state::{self, ClusterState, ClusterStatus};
+use crate::{LaunchError, StartOptions};
+
+/// Which child a process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Controller,
+    /// An engine process, by its slot (0..n): the slot names its log file.
+    Engine(usize),
+}
+
+/// A child that has exited.
+struct Exited {
+    role: Role,
+    pid: u32,
+    status: String,
+}
+
+struct Supervisor<'a> {
+    options: &'a StartOptions,
+    state: ClusterState,
+    exits: mpsc::UnboundedSender<Exited>,
+    client: Option<ControllerClient>,
+}
+
+/// How long engines and the controller get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Starts the cluster and supervises it until `shutdown` resolves or the controller dies.
+pub async fn supervise(
+    options: &StartOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), LaunchError> {
+    let profile = &options.profile;
+    profile.create()?;
+    match state::status(profile) {
+        ClusterStatus::Running(running) if running.supervisor_pid != std::process::id() => {
+            return Err(LaunchError::AlreadyRunning {
+                profile: profile.name().to_owned(),
+                pid: running.supervisor_pid,
+            });
+        }
+        ClusterStatus::Stale(stale) => {
+            tracing::warn!(profile = profile.name(), "cleaning up a stale cluster");
+            state::clean_stale(profile, &stale);
+        }
+        _ => {}
+    }
+    // Old connection files would make the wait below succeed before the new controller is up.
+    state::remove_files(profile);
+
+    let (exits, mut exited) = mpsc::unbounded_channel();
+    let mut supervisor = Supervisor {
+        options,
+        state: ClusterState {
+            profile: profile.name().to_owned(),
+            n: options.n,
+            kernel: options.kernel.clone(),
+            launcher: "local".into(),
+            restart_engines: options.restart_engines,
+            supervisor_pid: std::process::id(),
+            controller_pid: None,
+            engine_pids: Vec::new(),
+            started: parallax_wire::now_iso8601(),
+        },
+        exits,
+        client: None,
+    };
+    supervisor.state.write(profile)?;
+    let outcome = supervisor.start_and_watch(&mut exited, shutdown).await;
+    supervisor.stop_all(&mut exited).await;
+    state::remove_files(profile);
+    outcome
+}
+
+impl Supervisor<'_> {
+    async fn start_and_watch(
+        &mut self,
+        exited: &mut mpsc::UnboundedReceiver<Exited>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), LaunchError> {
+        let profile = &self.options.profile;
+        let args = [
+            "controller".to_owned(),
+            "--profile".into(),
+            profile.name().into(),
+            "--ip".into(),
+            self.options.ip.clone(),
+        ];
+        let pid = self.spawn(
+            Role::Controller,
+            &args,
+            profile.log_dir().join("controller.log"),
+        )?;
+        self.state.controller_pid = Some(pid);
+        self.state.write(profile)?;
+
+        // Engines need the controller's engine file; the controller writes it once it listens.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !profile.engine_file().exists() {
+            if let Ok(gone) = exited.try_recv() {
+                return Err(LaunchError::ControllerFailed {
+                    status: gone.status,
+                    log: state::log_tail(&profile.log_dir().join("controller.log"), 20),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(LaunchError::ControllerFailed {
+                    status: "no connection file after 30 s".into(),
+                    log: state::log_tail(&profile.log_dir().join("controller.log"), 20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for slot in 0..self.options.n {
+            let pid = self.spawn_engine(slot, None)?;
+            self.state.engine_pids.push(pid);
+        }
+        self.state.write(profile)?;
+        tracing::info!(
+            profile = profile.name(),
+            n = self.options.n,
+            "cluster started"
+        );
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                Some(gone) = exited.recv() => match gone.role {
+                    Role::Controller => {
+                        return Err(LaunchError::ControllerFailed {
+                            status: gone.status,
+                            log: state::log_tail(&profile.log_dir().join("controller.log"), 20),
+                        });
+                    }
+                    Role::Engine(slot) => {
+                        tracing::warn!(slot, pid = gone.pid, status = %gone.status, "engine process exited");
+                        if self.options.restart_engines {
+                            self.restart_engine(slot, gone.pid).await?;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn engine_log(&self, slot: usize) -> PathBuf {
+        self.options
+            .profile
+            .log_dir()
+            .join(format!("engine-{slot}.log"))
+    }
+
+    fn spawn_engine(&self, slot: usize, id: Option<EngineId>) -> Result<u32, LaunchError> {
+        let mut args = vec![
+            "engine".to_owned(),
+            "--file".into(),
+            self.options
+                .profile
+                .engine_file()
+                .to_string_lossy()
+                .into_owned(),
+            "--kernel".into(),
+            self.options.kernel.clone(),
+        ];
+        if self.options.restart_engines {
+            args.push("--restart-kernel".into());
+        }
+        if let Some(id) = id {
+            args.extend(["--id".into(), id.to_string()]);
+        }
+        self.spawn(Role::Engine(slot), &args, self.engine_log(slot))
+    }
+
+    /// Starts a child in its own process group, stderr and stdout appended to `log`.
+    fn spawn(&self, role: Role, args: &[String], log: PathBuf) -> Result<u32, LaunchError> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|source| LaunchError::Spawn {
+                    what: format!("{role:?}"),
+                    source,
+                })
+        };
+        let mut child = tokio::process::Command::new(&self.options.exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(open()?)
+            .stderr(open()?)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| LaunchError::Spawn {
+                what: format!("{role:?}"),
+                source,
+            })?;
+        let pid = child.id().unwrap_or_default();
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(error) => error.to_string(),
+            };
+            let _ = exits.send(Exited { role, pid, status });
+        });
+        Ok(pid)
+    }
+
+    /// Starts an engine process again in `slot`, under the id its predecessor had once the
+    /// controller has seen that one die (so the id is free to reclaim).
+    async fn restart_engine(&mut self, slot: usize, old_pid: u32) -> Result<(), LaunchError> {
+        let id = self.engine_id_of(old_pid).await;
+        if let (Some(id), Some(client)) = (id, &self.client) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let dead = client.engines().await.is_ok_and(|engines| {
+                    engines
+                        .iter()
+                        .any(|e| e.id == id && e.state == EngineState::Dead)
+                });
+                if dead {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let pid = self.spawn_engine(slot, id)?;
+        if let Some(entry) = self.state.engine_pids.get_mut(slot) {
+            *entry = pid;
+        }
+        self.state.write(&self.options.profile)?;
+        tracing::info!(slot, pid, ?id, "engine process restarted");
+        Ok(())
+    }
+
+    /// The engine id the process `pid` registered under, asking the controller.
+    async fn engine_id_of(&mut self, pid: u32) -> Option<EngineId> {
+        if self.client.is_none() {
+            self.client = ControllerClient::connect(&self.options.profile, Duration::from_secs(5))
+                .await
+                .ok();
+        }
+        let engines = self.client.as_ref()?.engines().await.ok()?;
+        engines.iter().find(|e| e.pid == pid).map(|e| e.id)
+    }
+
+    /// Stops every child: engines first, then the controller; what has not exited after the
+    /// grace period is killed with its process group.
+    async fn stop_all(&mut self, exited: &mut mpsc::UnboundedReceiver<Exited>) {
+        let mut running: Vec<u32> = self.state.engine_pids.clone();
+        running.extend(self.state.controller_pid);
+        running.retain(|pid| state::is_alive(*pid));
+        for pid in &running {
+            state::signal_tree(*pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while !running.is_empty() && Instant::now() < deadline {
+            tokio::select! {
+                Some(gone) = exited.recv() => running.retain(|pid| *pid != gone.pid),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    running.retain(|pid| state::is_alive(*pid));
+                }
+            }
+        }
+        for pid in &running {
+            tracing::warn!(pid, "did not stop in time; killing");
+            state::signal_tree(*pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The profile's supervisor log, where a daemonized supervisor writes.
+pub fn supervisor_log(profile: &Profile) -> PathBuf {
+    profile.log_dir().join("cluster.log")
+}
