@@ -186,8 +186,9 @@ pub struct TaskRecord {
     pub msg_type: String,
     /// `pending`, `ok`, `error` or `aborted`.
     pub status: String,
-    /// ISO 8601 times: at the controller (submitted, completed, received) and at the engine
-    /// (started: the kernel's `busy`).
+    /// ISO 8601 times. At the controller: `submitted` (request arrived) and `received` (reply
+    /// passed on to the client). At the engine: `started` (the kernel's `busy`) and `completed`
+    /// (the date of its `execute_reply`).
     pub submitted: Option<String>,
     pub started: Option<String>,
     pub completed: Option<String>,
