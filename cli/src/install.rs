@@ -76,7 +76,9 @@ pub fn install(opts: &InstallOptions, parallax_exe: &Path) -> Result<PathBuf> {
     let spec = kernel_json(opts, &absolute(parallax_exe)?, &python)?;
     write_kernelspec(&dest, &spec)?;
 
-    if !kernelspec::data_dirs().contains(&data_dir) {
+    // Jupyter run from the chosen Python's environment searches that environment's prefix too.
+    let env_dir = kernelspec::python_prefix(&python).map(|prefix| prefix.join("share/jupyter"));
+    if !kernelspec::data_dirs().contains(&data_dir) && env_dir.as_ref() != Some(&data_dir) {
         tracing::warn!(
             dir = %data_dir.display(),
             "installed outside the Jupyter search path: add this dir to JUPYTER_PATH"

@@ -456,6 +456,13 @@ impl Kernel {
         if let Some(active) = &mut self.active {
             if message.parent_msg_id() == Some(active.local_msg_id.as_str()) {
                 active.last_activity = Instant::now();
+                // The count of the running cell, should the kernel die before it replies.
+                if message.msg_type() == "execute_input" {
+                    if let Ok(input) = message.content_as::<ReplyStatus>() {
+                        self.execution_count =
+                            input.execution_count.unwrap_or(self.execution_count);
+                    }
+                }
             }
         }
         if let Some(request) = self.routes.get(message.parent_msg_id()) {

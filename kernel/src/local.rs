@@ -103,7 +103,11 @@ pub fn kernel_info_content(local: Option<&serde_json::Value>) -> serde_json::Val
         .unwrap_or_else(|| serde_json::json!([]));
     serde_json::json!({
         "status": "ok",
-        "protocol_version": parallax_wire::PROTOCOL_VERSION,
+        // What the front end may rely on is what the local kernel speaks: we relay it.
+        "protocol_version": local
+            .and_then(|info| info.get("protocol_version"))
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!(parallax_wire::PROTOCOL_VERSION)),
         "implementation": "parallax",
         "implementation_version": version,
         "language_info": language_info,
