@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Prepare a checkout for running, testing and benchmarking Parallax. Idempotent and non-interactive.
+#
+#   1. system packages (only the missing ones, only as root or with sudo)
+#   2. cargo build --release --locked            -> target/release/parallax
+#   3. .venv (python3.11) with python/requirements.txt, reinstalled only when that file changes
+#   4. the parallax kernelspec installed into .venv (`.venv/bin/jupyter kernelspec list` shows it)
+#
+# Environment: PYTHON (default python3.11).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3.11}"
+VENV="$ROOT/.venv"
+REQUIREMENTS="$ROOT/python/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+BIN="$ROOT/target/release/parallax"
+
+step() { echo "==> $*"; }
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+# --- 1. system packages ------------------------------------------------------------------------
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (Python 3.11 is required)"
+# Debian splits ensurepip (needed by `python -m venv`) into its own package.
+"$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || missing+=("$(basename "$PYTHON")-venv")
+if ((${#missing[@]})); then
+    step "installing system packages: ${missing[*]}"
+    if [[ $(id -u) -eq 0 ]]; then
+        SUDO=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        SUDO=(sudo -n)
+    else
+        die "missing system packages (${missing[*]}); install them or rerun as root"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
+
+# --- 2. build --------------------------------------------------------------------------------------
+step "building (cargo build --release --locked)"
+cargo build --release --locked
+[[ -x $BIN ]] || die "build did not produce $BIN"
+
+# --- 3. python environment ---------------------------------------------------------------------------
+if [[ ! -x $VENV/bin/python ]]; then
+    step "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ $want != "$have" ]]; then
+    step "installing python/requirements.txt into .venv"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+    echo "$want" >"$STAMP"
+else
+    step "python requirements up to date"
+fi
+
+# --- 4. kernelspec -------------------------------------------------------------------------------------
+step "installing the parallax kernelspec into .venv"
+"$BIN" kernel install --prefix "$VENV" --python "$VENV/bin/python"
+"$VENV/bin/jupyter" kernelspec list | grep -qE '^ +parallax ' ||
+    die "parallax kernelspec not visible to .venv/bin/jupyter"
+
+step "setup done"
