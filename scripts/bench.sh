@@ -9,6 +9,7 @@ cd "$ROOT"
 # Benches to run, in order: one line each.
 BENCHES=(
     bench/kernel_roundtrip.py
+    bench/cluster_start.py
 )
 
 scripts/setup.sh
