@@ -9,14 +9,16 @@
 //!
 //! - [`frontend`]: binding the front end's channels; publishing on iopub.
 //! - [`local`]: launching the local kernel and waiting until it is ready; our `kernel_info`.
-//! - [`dispatch`]: the event loop: queueing, forwarding, re-parenting, interrupts, shutdown, and
-//!   recovery when the local kernel dies.
+//! - [`dispatch`]: the event loop: queueing, forwarding, re-parenting, interrupts, shutdown,
+//!   recovery when the local kernel dies, and plans of cells with parallel magics.
+//! - [`px`]: one parallel step running on the engines, and its rendering.
 
 use std::path::PathBuf;
 
 pub mod dispatch;
 pub mod frontend;
 pub mod local;
+pub mod px;
 
 /// How the kernel was asked to run.
 #[derive(Clone, Debug)]
@@ -51,7 +53,7 @@ pub async fn run(options: KernelOptions) -> Result<(), KernelError> {
         profile = %options.profile,
         "parallax kernel serving"
     );
-    dispatch::Kernel::new(front, options.local_kernel)
+    dispatch::Kernel::new(front, options.local_kernel, options.profile)
         .run(signals)
         .await;
     Ok(())

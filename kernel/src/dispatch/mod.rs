@@ -24,8 +24,15 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use parallax_client::ControllerClient;
+use parallax_magics::{GroupBy, PxConfig};
+use tokio::sync::mpsc;
+
 use crate::frontend::Frontend;
 use crate::local::{self, Local};
+use crate::px::PxRun;
+
+mod plan;
 
 /// Requests the local kernel serves, with whether it answers them with a reply.
 const PROXIED: &[(&str, bool)] = &[
@@ -61,19 +68,59 @@ struct Queued {
     abort: bool,
 }
 
-/// The shell request being served by the local kernel.
+/// The shell request being served.
 struct Active {
     request: Message,
-    local_msg_id: String,
-    expects_reply: bool,
-    replied: bool,
-    idle: bool,
+    job: Job,
+    /// For a cell with parallel magics, the rest of its plan; `None` for a proxied request, whose
+    /// local reply goes to the front end as it is.
+    plan: Option<plan::PlanState>,
     last_activity: Instant,
 }
 
-impl Active {
+/// What the active request waits for.
+enum Job {
+    /// The local kernel.
+    Local(LocalJob),
+    /// The engines. `group`: show the output grouped when done (`%pxresult`).
+    Parallel { run: PxRun, group: Option<GroupBy> },
+    /// Nothing: between two steps of a plan.
+    Between,
+}
+
+/// A request forwarded to the local kernel.
+struct LocalJob {
+    local_msg_id: String,
+    expects_reply: bool,
+    reply: Option<Message>,
+    idle: bool,
+}
+
+impl LocalJob {
     fn done(&self) -> bool {
-        self.idle && (self.replied || !self.expects_reply)
+        self.idle && (self.reply.is_some() || !self.expects_reply)
+    }
+}
+
+impl Active {
+    fn local(&self) -> Option<&LocalJob> {
+        match &self.job {
+            Job::Local(job) => Some(job),
+            _ => None,
+        }
+    }
+
+    fn local_mut(&mut self) -> Option<&mut LocalJob> {
+        match &mut self.job {
+            Job::Local(job) => Some(job),
+            _ => None,
+        }
+    }
+
+    /// Whether `message` is the local kernel's answer to this request's local job.
+    fn is_local_child(&self, message: &Message) -> bool {
+        self.local()
+            .is_some_and(|job| message.parent_msg_id() == Some(job.local_msg_id.as_str()))
     }
 }
 
@@ -116,6 +163,10 @@ enum Event {
     Terminate,
     Stalled,
     FrontendClosed,
+    /// A message from the cluster about a parallel step.
+    Engine(Message),
+    /// Time to show progress of, or check on, the running parallel step.
+    PxTimer,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +211,17 @@ pub struct Kernel {
     routes: Routes,
     execution_count: u64,
     stopping: bool,
+    /// The cluster profile `%px` uses.
+    profile: String,
+    /// `%pxconfig` defaults and the `%autopx` state.
+    px: PxConfig,
+    /// The controller of `profile`, once connected.
+    cluster: Option<ControllerClient>,
+    /// Where the controller client delivers engine messages of our requests.
+    engine_tx: mpsc::UnboundedSender<Message>,
+    engine_rx: mpsc::UnboundedReceiver<Message>,
+    /// The last non-blocking parallel run, for `%pxresult`.
+    last_async: Option<PxRun>,
 }
 
 /// Signal streams the loop listens to.
@@ -205,9 +267,16 @@ fn reply_type(msg_type: &str) -> String {
 
 impl Kernel {
     /// A kernel serving `front`, starting its local kernel `local_name` now.
-    pub fn new(front: Frontend, local_name: String) -> Self {
+    pub fn new(front: Frontend, local_name: String, profile: String) -> Self {
         let local = spawn_start(local_name.clone());
+        let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         Kernel {
+            profile,
+            px: PxConfig::default(),
+            cluster: None,
+            engine_tx,
+            engine_rx,
+            last_async: None,
             front,
             local_name,
             local,
@@ -234,12 +303,15 @@ impl Kernel {
     }
 
     async fn next_event(&mut self, signals: &mut Signals) -> Event {
-        let stall_at = match &self.active {
-            Some(active) if active.replied || !active.expects_reply => {
-                active.last_activity + IDLE_GRACE
-            }
-            _ => Instant::now() + Duration::from_secs(3600),
+        let far = Instant::now() + Duration::from_secs(3600);
+        let stall_at = match self.active.as_ref().and_then(Active::local) {
+            Some(job) if job.reply.is_some() || !job.expects_reply => self
+                .active
+                .as_ref()
+                .map_or(far, |a| a.last_activity + IDLE_GRACE),
+            _ => far,
         };
+        let px_at = self.px_timer().unwrap_or(far);
         let (iopub, replies, inputs, exited, starting) = match &mut self.local {
             LocalState::Ready(local) => (
                 Some(&mut local.client.iopub),
@@ -278,7 +350,9 @@ impl Kernel {
             }
             _ = signals.interrupt.recv() => Event::Interrupt,
             _ = signals.terminate.recv() => Event::Terminate,
+            Some(message) = self.engine_rx.recv() => Event::Engine(message),
             _ = tokio::time::sleep_until(stall_at) => Event::Stalled,
+            _ = tokio::time::sleep_until(px_at) => Event::PxTimer,
         }
     }
 
@@ -313,18 +387,19 @@ impl Kernel {
                 self.stopping = true;
             }
             Event::Stalled => {
-                if let Some(active) = self.active.take() {
-                    tracing::warn!(
-                        msg_type = active.request.msg_type(),
-                        "the local kernel never reported idle; finishing the request"
-                    );
-                    self.finish(&active.request).await;
+                if let Some(job) = self.active.as_mut().and_then(Active::local_mut) {
+                    tracing::warn!("the local kernel never reported idle; finishing the request");
+                    job.idle = true;
+                    job.expects_reply = false;
                 }
+                self.complete_if_done().await;
             }
             Event::FrontendClosed => {
                 self.shutdown_local().await;
                 self.stopping = true;
             }
+            Event::Engine(message) => self.on_engine_message(message).await,
+            Event::PxTimer => self.on_px_timer().await,
         }
     }
 
@@ -363,7 +438,16 @@ impl Kernel {
                 self.shutdown(&request, true).await;
                 return;
             }
-            "execute_request" if abort => {
+            "execute_request" if !abort => {
+                if let Some(plan) = self.plan_for(&request) {
+                    self.start_plan(request, plan).await;
+                    return;
+                }
+                if self.forward(&request, true).await {
+                    return;
+                }
+            }
+            "execute_request" => {
                 let content = serde_json::json!({ "status": "aborted", "execution_count": null });
                 let reply = self
                     .front
@@ -413,26 +497,38 @@ impl Kernel {
             }
             LocalState::Starting(_) => return false,
         };
-        let mut forwarded = Message::new(
-            local.client.session.header(request.msg_type()),
-            request.content.clone(),
-        );
-        forwarded.metadata = request.metadata.clone();
-        forwarded.buffers = request.buffers.clone();
-        let local_msg_id = forwarded.msg_id().to_owned();
-        if local.client.shell.send(forwarded).await.is_err() {
+        let Some(local_msg_id) = Self::send_local(local, request, request.content.clone()).await
+        else {
             return false;
-        }
+        };
         self.routes.insert(local_msg_id.clone(), request);
         self.active = Some(Active {
             request: request.clone(),
-            local_msg_id,
-            expects_reply,
-            replied: false,
-            idle: false,
+            job: Job::Local(LocalJob {
+                local_msg_id,
+                expects_reply,
+                reply: None,
+                idle: false,
+            }),
+            plan: None,
             last_activity: Instant::now(),
         });
         true
+    }
+
+    /// Sends `request`'s type with `content` (and its metadata and buffers) to the local kernel
+    /// under a header of ours; returns that header's msg_id.
+    async fn send_local(
+        local: &Local,
+        request: &Message,
+        content: parallax_wire::Bytes,
+    ) -> Option<String> {
+        let mut forwarded = Message::new(local.client.session.header(request.msg_type()), content);
+        forwarded.metadata = request.metadata.clone();
+        forwarded.buffers = request.buffers.clone();
+        let local_msg_id = forwarded.msg_id().to_owned();
+        local.client.shell.send(forwarded).await.ok()?;
+        Some(local_msg_id)
     }
 
     async fn on_local_iopub(&mut self, mut message: Message) {
@@ -443,8 +539,10 @@ impl Kernel {
                     .map(|s| s.execution_state == "idle")
                     .unwrap_or(false);
                 if let Some(active) = &mut self.active {
-                    if idle && message.parent_msg_id() == Some(active.local_msg_id.as_str()) {
-                        active.idle = true;
+                    if idle && active.is_local_child(&message) {
+                        if let Some(job) = active.local_mut() {
+                            job.idle = true;
+                        }
                         self.complete_if_done().await;
                     }
                 }
@@ -454,8 +552,12 @@ impl Kernel {
             _ => {}
         }
         if let Some(active) = &mut self.active {
-            if message.parent_msg_id() == Some(active.local_msg_id.as_str()) {
+            if active.is_local_child(&message) {
                 active.last_activity = Instant::now();
+                // A plan publishes the cell's one execute_input itself.
+                if active.plan.is_some() && message.msg_type() == "execute_input" {
+                    return;
+                }
                 // The count of the running cell, should the kernel die before it replies.
                 if message.msg_type() == "execute_input" {
                     if let Ok(input) = message.content_as::<ReplyStatus>() {
@@ -475,28 +577,37 @@ impl Kernel {
         let Some(active) = &mut self.active else {
             return;
         };
-        if message.parent_msg_id() != Some(active.local_msg_id.as_str()) {
+        if !active.is_local_child(&message) {
             // A reply to a request of our own (a readiness probe), not the front end's.
             return;
         }
-        active.replied = true;
         active.last_activity = Instant::now();
+        let status = message.content_as::<ReplyStatus>().ok();
+        if let Some(count) = status.as_ref().and_then(|s| s.execution_count) {
+            if message.msg_type() == "execute_reply" {
+                self.execution_count = count;
+            }
+        }
+        if active.plan.is_some() {
+            // The plan answers the cell itself once every step has run.
+            if let Some(job) = active.local_mut() {
+                job.reply = Some(message);
+            }
+            self.complete_if_done().await;
+            return;
+        }
+        let failed = status.is_some_and(|s| s.status == "error");
+        let abort_queue = message.msg_type() == "execute_reply"
+            && failed
+            && active
+                .request
+                .content_as::<ExecuteContent>()
+                .map(|c| c.stop_on_error && !c.silent)
+                .unwrap_or(true);
         message.set_parent(&active.request);
         message.identities = active.request.identities.clone();
-        let mut abort_queue = false;
-        if message.msg_type() == "execute_reply" {
-            if let Ok(status) = message.content_as::<ReplyStatus>() {
-                if let Some(count) = status.execution_count {
-                    self.execution_count = count;
-                }
-                if status.status == "error" {
-                    abort_queue = active
-                        .request
-                        .content_as::<ExecuteContent>()
-                        .map(|c| c.stop_on_error && !c.silent)
-                        .unwrap_or(true);
-                }
-            }
+        if let Some(job) = active.local_mut() {
+            job.reply = Some(message.clone());
         }
         let _ = self.front.shell.send(message).await;
         if abort_queue {
@@ -522,10 +633,18 @@ impl Kernel {
     }
 
     async fn complete_if_done(&mut self) {
-        if self.active.as_ref().is_some_and(Active::done) {
-            if let Some(active) = self.active.take() {
-                self.finish(&active.request).await;
-            }
+        let done = self
+            .active
+            .as_ref()
+            .and_then(Active::local)
+            .is_some_and(LocalJob::done);
+        if !done {
+            return;
+        }
+        if self.active.as_ref().is_some_and(|a| a.plan.is_some()) {
+            self.local_step_done().await;
+        } else if let Some(active) = self.active.take() {
+            self.finish(&active.request).await;
         }
     }
 
@@ -578,7 +697,9 @@ impl Kernel {
             if active.request.msg_type() == "execute_request" {
                 self.publish_error(&active.request, &content).await;
             }
-            if active.expects_reply {
+            let expects_reply =
+                active.plan.is_some() || active.local().is_none_or(|job| job.expects_reply);
+            if expects_reply {
                 self.reply(&self.front.shell, &active.request, &content)
                     .await;
             }
@@ -613,8 +734,11 @@ impl Kernel {
         self.finish(&request).await;
     }
 
-    /// Interrupts whatever the local kernel is running.
+    /// Interrupts what the active request runs: its engines, or the local kernel.
     async fn interrupt(&mut self) {
+        if self.interrupt_engines().await {
+            return;
+        }
         let LocalState::Ready(local) = &self.local else {
             return;
         };

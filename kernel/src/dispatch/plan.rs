@@ -1,0 +1,654 @@
+//! Cells with parallel magics: a [`Plan`] of steps run in order as one request.
+//!
+//! The cell's `busy`, its one `execute_input` and its `execute_reply` come from here. The cell
+//! first takes its execution count and history entry from the local kernel, by running a
+//! commented copy of itself there with `store_history` (so a cell that fails early still counts,
+//! as in IPython); then local steps go to the local kernel without `store_history`, parallel
+//! steps go to the engines through the controller, and the other steps (`%pxconfig`, `%autopx`,
+//! `%pxresult`, `%cluster`) are served here. The first step that fails ends the cell with its
+//! error.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use parallax_client::{ControllerClient, ExecuteOptions};
+use parallax_magics::{
+    aborted_notice, autopx_notice, execution_notice, has_parallel_magic, interrupt_notice,
+    parse_cell, pending_result, progress, ClusterCommand, Emit, ErrorContent, GroupBy, MagicError,
+    ParallelStep, Plan, Step, NO_LAST_RESULT,
+};
+use parallax_wire::cluster::EngineState;
+use parallax_wire::profile::Profile;
+use parallax_wire::Message;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{error_content, Active, Job, Kernel, LocalJob, LocalState};
+use crate::px::{self, PxRun};
+
+/// How long a request to the controller may take before the cluster counts as gone.
+const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a running parallel step checks that the controller still answers.
+const WATCHDOG: Duration = Duration::from_secs(3);
+
+/// The rest of a cell's plan.
+pub(super) struct PlanState {
+    steps: VecDeque<Step>,
+    /// Whether the next local step is the one that takes the cell's history entry.
+    take_history: bool,
+    silent: bool,
+    /// The cell's execution count, as its `execute_input` announced it.
+    count: u64,
+    /// The cell's error, once a step failed.
+    error: Option<Value>,
+    /// When the running parallel step last checked on the controller.
+    checked: Instant,
+}
+
+#[derive(Deserialize)]
+struct CellContent {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    silent: bool,
+    #[serde(default = "yes")]
+    store_history: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How a step went.
+enum Outcome {
+    /// Finished; go on.
+    Done,
+    /// Running: a local or parallel job will say when it is done.
+    Waiting,
+    /// Failed: the cell ends with this error content.
+    Failed(Value),
+}
+
+fn failed(ename: &str, evalue: &str) -> Outcome {
+    Outcome::Failed(error_content(ename, evalue))
+}
+
+fn failed_with(error: &ErrorContent) -> Outcome {
+    Outcome::Failed(json!({
+        "status": "error",
+        "ename": error.ename,
+        "evalue": error.evalue,
+        "traceback": error.traceback,
+    }))
+}
+
+impl Kernel {
+    /// The plan of an execute request that uses parallel magics (or any cell in `%autopx` mode);
+    /// `None` for a cell the local kernel runs as it is.
+    pub(super) fn plan_for(&self, request: &Message) -> Option<Result<Plan, MagicError>> {
+        let content: CellContent = request.content_as().ok()?;
+        if !self.px.autopx && !has_parallel_magic(&content.code) {
+            return None;
+        }
+        Some(parse_cell(&content.code, &self.px))
+    }
+
+    /// Starts serving a cell with parallel magics.
+    pub(super) async fn start_plan(&mut self, request: Message, plan: Result<Plan, MagicError>) {
+        let content: CellContent = request.content_as().unwrap_or(CellContent {
+            code: String::new(),
+            silent: false,
+            store_history: true,
+        });
+        let store_history = content.store_history && !content.silent;
+        let count = self.execution_count + u64::from(store_history);
+        if !content.silent {
+            let input = json!({ "code": content.code, "execution_count": count });
+            self.front
+                .publish_new(&request, "execute_input", &input)
+                .await;
+        }
+        let mut steps: VecDeque<Step> = match plan {
+            Ok(plan) => plan.steps.into(),
+            Err(error) => {
+                // As IPython shows a bad magic: a UsageError line on stderr, no traceback.
+                self.emit(&request, &px::stderr(error.stderr_text())).await;
+                let silent = content.silent;
+                let content = json!({
+                    "status": "error",
+                    "ename": error.ename(),
+                    "evalue": error.to_string(),
+                    "traceback": [],
+                });
+                self.active = Some(Active {
+                    request,
+                    job: Job::Between,
+                    plan: Some(PlanState {
+                        steps: VecDeque::new(),
+                        take_history: false,
+                        silent,
+                        count,
+                        error: Some(content),
+                        checked: Instant::now(),
+                    }),
+                    last_activity: Instant::now(),
+                });
+                self.run_plan().await;
+                return;
+            }
+        };
+        if store_history {
+            let commented: Vec<String> = content.code.lines().map(|l| format!("# {l}")).collect();
+            steps.push_front(Step::Local(commented.join("\n")));
+        }
+        self.active = Some(Active {
+            request,
+            job: Job::Between,
+            plan: Some(PlanState {
+                steps,
+                take_history: store_history,
+                silent: content.silent,
+                count,
+                error: None,
+                checked: Instant::now(),
+            }),
+            last_activity: Instant::now(),
+        });
+        self.run_plan().await;
+    }
+
+    /// Runs steps until one has to wait, or the plan is over (then answers the cell).
+    async fn run_plan(&mut self) {
+        loop {
+            let Some(active) = &mut self.active else {
+                return;
+            };
+            let Some(plan) = &mut active.plan else {
+                return;
+            };
+            active.job = Job::Between;
+            let next = if plan.error.is_some() {
+                None
+            } else {
+                plan.steps.pop_front()
+            };
+            let Some(step) = next else {
+                self.reply_plan().await;
+                return;
+            };
+            match self.run_step(step).await {
+                Outcome::Done => {}
+                Outcome::Waiting => return,
+                Outcome::Failed(content) => self.fail_plan(content).await,
+            }
+        }
+    }
+
+    /// Records the cell's error and publishes it as the cell's `error` output.
+    async fn fail_plan(&mut self, content: Value) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        if let Some(plan) = &mut active.plan {
+            plan.error = Some(content.clone());
+        }
+        let request = active.request.clone();
+        self.publish_error(&request, &content).await;
+    }
+
+    /// Answers the cell and finishes it.
+    async fn reply_plan(&mut self) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        let error = active.plan.and_then(|p| p.error);
+        let content = match error {
+            Some(mut content) => {
+                if let Some(map) = content.as_object_mut() {
+                    map.insert("status".into(), json!("error"));
+                }
+                content
+            }
+            None => json!({"status": "ok", "user_expressions": {}, "payload": []}),
+        };
+        self.reply(&self.front.shell, &active.request, &content)
+            .await;
+        self.finish(&active.request).await;
+    }
+
+    async fn run_step(&mut self, step: Step) -> Outcome {
+        match step {
+            Step::Local(code) => self.start_local_step(code).await,
+            Step::Parallel(step) => self.start_parallel(step).await,
+            Step::Config(change) => {
+                self.px.apply(&change);
+                Outcome::Done
+            }
+            Step::Autopx => {
+                self.px.autopx = !self.px.autopx;
+                self.emit_active(&autopx_notice(self.px.autopx)).await;
+                Outcome::Done
+            }
+            Step::Result(options) => self.show_last_result(options.group_outputs).await,
+            Step::Cluster(command) => self.cluster_command(command).await,
+        }
+    }
+
+    async fn start_local_step(&mut self, code: String) -> Outcome {
+        let Some(active) = &mut self.active else {
+            return Outcome::Done;
+        };
+        let Some(plan) = &mut active.plan else {
+            return Outcome::Done;
+        };
+        let store_history = std::mem::take(&mut plan.take_history);
+        let silent = plan.silent;
+        let request = active.request.clone();
+        let LocalState::Ready(local) = &self.local else {
+            return failed(
+                "LocalKernelUnavailable",
+                "the local kernel is not running; it is being started again",
+            );
+        };
+        let mut content: Value = request.content_as().unwrap_or_else(|_| json!({}));
+        content["code"] = json!(code);
+        content["store_history"] = json!(store_history);
+        content["silent"] = json!(silent);
+        let bytes = parallax_wire::to_json_bytes(&content);
+        let Some(local_msg_id) = Self::send_local(local, &request, bytes).await else {
+            return failed(
+                "LocalKernelUnavailable",
+                "the local kernel's link is closed",
+            );
+        };
+        self.routes.insert(local_msg_id.clone(), &request);
+        if let Some(active) = &mut self.active {
+            active.job = Job::Local(LocalJob {
+                local_msg_id,
+                expects_reply: true,
+                reply: None,
+                idle: false,
+            });
+            active.last_activity = Instant::now();
+        }
+        Outcome::Waiting
+    }
+
+    /// A local step has replied and gone idle: carry on with the plan.
+    pub(super) async fn local_step_done(&mut self) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let Job::Local(job) = std::mem::replace(&mut active.job, Job::Between) else {
+            return;
+        };
+        let reply: Value = job
+            .reply
+            .as_ref()
+            .and_then(|r| r.content_as().ok())
+            .unwrap_or(Value::Null);
+        if reply["status"] == "error" {
+            // The local kernel published the error output itself.
+            if let Some(plan) = &mut active.plan {
+                plan.error = Some(json!({
+                    "status": "error",
+                    "ename": reply["ename"],
+                    "evalue": reply["evalue"],
+                    "traceback": reply["traceback"],
+                }));
+            }
+        }
+        self.run_plan().await;
+    }
+
+    /// The controller of our profile, connecting on first use.
+    async fn client(&mut self) -> Result<&ControllerClient, String> {
+        if self.cluster.is_none() {
+            let profile = Profile::named(&self.profile).map_err(|e| e.to_string())?;
+            match ControllerClient::connect(&profile, CONTROLLER_TIMEOUT).await {
+                Ok(client) => self.cluster = Some(client),
+                Err(parallax_client::ClientError::NoCluster { profile }) => {
+                    return Err(format!(
+                        "no cluster is running for profile {profile:?}: start one with \
+                         `%cluster start -n 2` (or `parallax cluster start --profile {profile}`)"
+                    ));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        self.cluster
+            .as_ref()
+            .ok_or_else(|| "no connection to the controller".to_owned())
+    }
+
+    async fn start_parallel(&mut self, step: ParallelStep) -> Outcome {
+        let Some(request) = self.active.as_ref().map(|a| a.request.clone()) else {
+            return Outcome::Done;
+        };
+        let engine_tx = self.engine_tx.clone();
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(message) => return failed("NoClusterError", &message),
+        };
+        let engines = match client.engines().await {
+            Ok(engines) => engines,
+            Err(error) => {
+                self.cluster = None;
+                return failed("ControllerError", &error.to_string());
+            }
+        };
+        let live: Vec<u32> = engines
+            .iter()
+            .filter(|e| e.state != EngineState::Dead)
+            .map(|e| e.id)
+            .collect();
+        let targets = match step.options.targets.resolve(&live) {
+            Ok(targets) => targets,
+            Err(error) => return failed(error.ename(), &error.to_string()),
+        };
+        let options = ExecuteOptions {
+            silent: false,
+            store_history: true,
+            stop_on_error: false,
+        };
+        let mut run = PxRun::new(step.options.clone(), targets.clone(), request.msg_id());
+        for &engine in &targets {
+            match client
+                .submit(engine, &step.code, &options, engine_tx.clone())
+                .await
+            {
+                Ok(msg_id) => run.sent(msg_id, engine),
+                Err(error) => return failed("ControllerError", &error.to_string()),
+            }
+        }
+        if step.options.verbose {
+            let notice = execution_notice(step.options.block, &step.options.targets, &targets);
+            self.emit(&request, &notice).await;
+        }
+        if !step.options.block {
+            self.last_async = Some(run);
+            self.emit(&request, &pending_result()).await;
+            return Outcome::Done;
+        }
+        if let Some(active) = &mut self.active {
+            active.job = Job::Parallel { run, group: None };
+            if let Some(plan) = &mut active.plan {
+                plan.checked = Instant::now();
+            }
+        }
+        Outcome::Waiting
+    }
+
+    /// `%pxresult`: the last non-blocking run, grouped, once it is done.
+    async fn show_last_result(&mut self, group: GroupBy) -> Outcome {
+        let Some(run) = self.last_async.take() else {
+            return failed("UsageError", NO_LAST_RESULT);
+        };
+        if let Some(active) = &mut self.active {
+            active.job = Job::Parallel {
+                run,
+                group: Some(group),
+            };
+        }
+        if self.parallel_done() {
+            return self.finish_parallel().await;
+        }
+        Outcome::Waiting
+    }
+
+    fn parallel_done(&self) -> bool {
+        matches!(&self.active, Some(Active { job: Job::Parallel { run, .. }, .. }) if run.done())
+    }
+
+    /// A message from the cluster: to the running step, or to the last non-blocking run.
+    pub(super) async fn on_engine_message(&mut self, message: Message) {
+        let mut emits = Vec::new();
+        let mut owned = false;
+        if let Some(Active {
+            job: Job::Parallel { run, group },
+            ..
+        }) = &mut self.active
+        {
+            if run.owns(&message) {
+                owned = true;
+                let shown = run.on_message(&message);
+                if group.is_none() {
+                    emits = shown;
+                }
+                if message.msg_type() == "execute_reply" {
+                    if let Some(id) = run.progress.clone() {
+                        let (done, total) = run.progress_counts();
+                        emits.push(progress(&id, done, total, true));
+                    }
+                }
+            }
+        }
+        if !owned {
+            if let Some(run) = &mut self.last_async {
+                if run.owns(&message) {
+                    run.on_message(&message);
+                }
+            }
+            return;
+        }
+        for emit in &emits {
+            self.emit_active(emit).await;
+        }
+        if self.parallel_done() {
+            if let Outcome::Failed(content) = self.finish_parallel().await {
+                self.fail_plan(content).await;
+            }
+            self.run_plan().await;
+        }
+    }
+
+    /// The running parallel step is done: shows what is left to show and says how it went.
+    async fn finish_parallel(&mut self) -> Outcome {
+        let Some(active) = &mut self.active else {
+            return Outcome::Done;
+        };
+        let Job::Parallel { run, group } = std::mem::replace(&mut active.job, Job::Between) else {
+            return Outcome::Done;
+        };
+        let (mut emits, error) = run.finish(group);
+        if let Some(id) = &run.progress {
+            emits.insert(
+                0,
+                Emit::UpdateDisplayData {
+                    data: serde_json::Map::from_iter([("text/plain".into(), json!(""))]),
+                    metadata: serde_json::Map::new(),
+                    display_id: id.clone(),
+                },
+            );
+        }
+        for (engine, reason) in run.aborted() {
+            emits.push(aborted_notice(*engine, reason));
+        }
+        for emit in &emits {
+            self.emit_active(emit).await;
+        }
+        match error {
+            Some(error) => failed_with(&error),
+            None => Outcome::Done,
+        }
+    }
+
+    /// When the running parallel step next needs attention: its progress line, or a check that
+    /// the controller still answers.
+    pub(super) fn px_timer(&self) -> Option<Instant> {
+        let active = self.active.as_ref()?;
+        let Job::Parallel { run, .. } = &active.job else {
+            return None;
+        };
+        let check = active.plan.as_ref().map(|p| p.checked + WATCHDOG);
+        let after = run.options.progress_after;
+        let show = (run.progress.is_none() && after >= 0.0)
+            .then(|| run.started + Duration::from_secs_f64(after));
+        match (check, show) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(super) async fn on_px_timer(&mut self) {
+        let now = Instant::now();
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let Job::Parallel { run, group } = &mut active.job else {
+            return;
+        };
+        let after = run.options.progress_after;
+        if run.progress.is_none()
+            && after >= 0.0
+            && now >= run.started + Duration::from_secs_f64(after)
+            && group.is_none()
+        {
+            let id = run.progress_id();
+            run.progress = Some(id.clone());
+            let (done, total) = run.progress_counts();
+            let emit = progress(&id, done, total, false);
+            self.emit_active(&emit).await;
+            return;
+        }
+        let Some(plan) = &mut active.plan else {
+            return;
+        };
+        if now < plan.checked + WATCHDOG {
+            // The progress line was already shown (or is disabled): nothing else is due.
+            if run.progress.is_some() || after < 0.0 {
+                plan.checked = now;
+            }
+            return;
+        }
+        plan.checked = now;
+        let alive = match &self.cluster {
+            Some(client) => client.engines().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            self.cluster = None;
+            let content = error_content(
+                "ControllerError",
+                &format!(
+                    "the controller of profile {:?} stopped answering while this cell ran",
+                    self.profile
+                ),
+            );
+            if let Some(active) = &mut self.active {
+                active.job = Job::Between;
+            }
+            self.fail_plan(content).await;
+            self.run_plan().await;
+        }
+    }
+
+    /// Interrupts the engines of the running parallel step; false if none is running.
+    pub(super) async fn interrupt_engines(&mut self) -> bool {
+        let Some(Active {
+            job: Job::Parallel { run, .. },
+            ..
+        }) = &self.active
+        else {
+            return false;
+        };
+        let engines = run.engines.clone();
+        let notice = interrupt_notice(&run.options.signal_on_interrupt);
+        self.emit_active(&notice).await;
+        if let Some(client) = &self.cluster {
+            if let Err(error) = client.interrupt(Some(engines)).await {
+                tracing::warn!(%error, "could not interrupt the engines");
+            }
+        }
+        true
+    }
+
+    async fn cluster_command(&mut self, command: ClusterCommand) -> Outcome {
+        let profile = match Profile::named(&self.profile) {
+            Ok(profile) => profile,
+            Err(error) => return failed("ClusterError", &error.to_string()),
+        };
+        let text = match command {
+            ClusterCommand::Start { engines } => {
+                let exe = match std::env::current_exe() {
+                    Ok(exe) => exe,
+                    Err(error) => return failed("ClusterError", &error.to_string()),
+                };
+                let n = engines.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    |n| n as usize,
+                );
+                let options = parallax_launcher::StartOptions {
+                    profile,
+                    n,
+                    kernel: "python3".into(),
+                    restart_engines: false,
+                    ip: "127.0.0.1".into(),
+                    exe,
+                    timeout: Duration::from_secs(60),
+                };
+                self.cluster = None;
+                match parallax_launcher::start_daemon(&options).await {
+                    Ok(engines) => {
+                        let ids: Vec<String> = engines.iter().map(|e| e.id.to_string()).collect();
+                        format!(
+                            "Cluster {:?} ready: {} engines (ids {})\n",
+                            self.profile,
+                            engines.len(),
+                            ids.join(", ")
+                        )
+                    }
+                    Err(error) => return failed("ClusterError", &error.to_string()),
+                }
+            }
+            ClusterCommand::Stop => {
+                self.cluster = None;
+                self.last_async = None;
+                match parallax_launcher::stop(&profile, Duration::from_secs(5)).await {
+                    Ok(_) => format!("Stopped cluster {:?}\n", self.profile),
+                    Err(error) => return failed("ClusterError", &error.to_string()),
+                }
+            }
+            ClusterCommand::Status => match self.client().await {
+                Ok(client) => match client.engines().await {
+                    Ok(engines) => {
+                        let live: Vec<String> = engines
+                            .iter()
+                            .filter(|e| e.state != EngineState::Dead)
+                            .map(|e| format!("{} ({:?})", e.id, e.state).to_lowercase())
+                            .collect();
+                        format!(
+                            "Cluster {:?}: running, {} engines: {}\n",
+                            self.profile,
+                            live.len(),
+                            live.join(", ")
+                        )
+                    }
+                    Err(error) => return failed("ControllerError", &error.to_string()),
+                },
+                Err(_) => format!("No cluster is running for profile {:?}\n", self.profile),
+            },
+        };
+        self.emit_active(&px::stdout(text)).await;
+        Outcome::Done
+    }
+
+    /// Publishes an emit as output of `request`.
+    async fn emit(&self, request: &Message, emit: &Emit) {
+        let count = self
+            .active
+            .as_ref()
+            .and_then(|a| a.plan.as_ref())
+            .map_or(self.execution_count, |p| p.count);
+        let (msg_type, content) = px::emit_message(emit, count);
+        self.front.publish_new(request, msg_type, &content).await;
+    }
+
+    /// Publishes an emit as output of the active request.
+    async fn emit_active(&self, emit: &Emit) {
+        if let Some(active) = &self.active {
+            self.emit(&active.request, emit).await;
+        }
+    }
+}
