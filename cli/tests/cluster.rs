@@ -374,3 +374,39 @@ async fn a_running_profile_is_refused_and_a_stale_one_cleaned() {
     let out = world.start("s", 1, &[]);
     assert!(out.contains("ready: 1 engines"), "{out}");
 }
+
+#[tokio::test]
+async fn engines_that_cannot_start_are_named_with_their_log_and_nothing_is_left() {
+    let world = World::new();
+    let started = Instant::now();
+    let out = world.run(&[
+        "cluster",
+        "start",
+        "--daemonize",
+        "--profile",
+        "bad",
+        "-n",
+        "2",
+        "--kernel",
+        "no-such-kernel",
+        "--timeout",
+        "30",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("0 of 2 engines ready (every engine process exited)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("engine process 0"), "{stderr}");
+    assert!(stderr.contains("engine-1.log"), "{stderr}");
+    assert!(stderr.contains("no-such-kernel"), "{stderr}");
+    let list = world.run(&["cluster", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert_eq!(list[0]["state"], "stopped", "{list}");
+}

@@ -43,11 +43,12 @@ pub enum LaunchError {
     ControllerFailed { status: String, log: String },
     #[error("the cluster's supervisor exited before the cluster was ready; log/cluster.log ends:\n{log}")]
     SupervisorFailed { log: String },
-    #[error("{ready} of {n} engines ready after {timeout:?}:\n{details}")]
+    #[error("{ready} of {n} engines ready ({why}):\n{details}")]
     NotReady {
         ready: usize,
         n: usize,
-        timeout: Duration,
+        /// "after 60s", or "every engine process exited".
+        why: String,
         details: String,
     },
     #[error(transparent)]
@@ -179,15 +180,42 @@ pub async fn wait_ready(
                 return Ok(engines);
             }
         }
+        if engines_all_exited(options, &engines) {
+            return Err(not_ready(
+                options,
+                &engines,
+                "every engine process exited".into(),
+            ));
+        }
         if Instant::now() >= deadline {
-            return Err(not_ready(options, &engines));
+            let why = format!("after {:?}", options.timeout);
+            return Err(not_ready(options, &engines, why));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// Whether every engine process the supervisor started has exited without the cluster being
+/// ready: waiting longer cannot help (unless engines restart, which the supervisor then does
+/// under new pids).
+fn engines_all_exited(options: &StartOptions, engines: &[EngineInfo]) -> bool {
+    if options.restart_engines {
+        return false;
+    }
+    let ClusterStatus::Running(state) = state::status(&options.profile) else {
+        return false;
+    };
+    state.engine_pids.len() == options.n
+        && state.engine_pids.iter().all(|pid| !state::is_alive(*pid))
+        && engines
+            .iter()
+            .filter(|e| e.state == EngineState::Idle)
+            .count()
+            < options.n
+}
+
 /// Says which engine processes did not register, with the end of each one's log.
-fn not_ready(options: &StartOptions, engines: &[EngineInfo]) -> LaunchError {
+fn not_ready(options: &StartOptions, engines: &[EngineInfo], why: String) -> LaunchError {
     let profile = &options.profile;
     let ready = engines
         .iter()
@@ -223,7 +251,7 @@ fn not_ready(options: &StartOptions, engines: &[EngineInfo]) -> LaunchError {
     LaunchError::NotReady {
         ready,
         n: options.n,
-        timeout: options.timeout,
+        why,
         details,
     }
 }
