@@ -410,3 +410,40 @@ async fn engines_that_cannot_start_are_named_with_their_log_and_nothing_is_left(
     let list: Value = serde_json::from_slice(&list.stdout).expect("json");
     assert_eq!(list[0]["state"], "stopped", "{list}");
 }
+
+#[tokio::test]
+async fn interrupts_carry_the_chosen_signal_to_the_engine_kernel() {
+    let world = World::new();
+    world.start("sig", 2, &[]);
+    let client = world.client("sig").await;
+    let code = "import signal, time\n\
+                def on_usr1(*_):\n    raise RuntimeError('got SIGUSR1')\n\
+                signal.signal(signal.SIGUSR1, on_usr1)\n\
+                print('waiting', flush=True)\n\
+                time.sleep(30)";
+    let mut execution = client.execute(0, code).await.expect("submit");
+    // Wait until the handler is installed: the cell printed.
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), execution.next())
+            .await
+            .expect("output within 10 s")
+            .expect("a message");
+        if message.msg_type() == "stream" {
+            break;
+        }
+    }
+    let interrupted = client
+        .interrupt(Some(vec![0]), Some("SIGUSR1".into()))
+        .await
+        .expect("interrupt");
+    assert_eq!(interrupted, vec![0]);
+    let (_, reply) = tokio::time::timeout(Duration::from_secs(5), execution.finish())
+        .await
+        .expect("the cell ends");
+    let reply = content(&reply.expect("reply"));
+    assert_eq!(reply["status"], "error");
+    assert_eq!(reply["evalue"], "got SIGUSR1", "{reply}");
+    // Engine 1 was not signalled.
+    let (_, reply) = run(&client, 1, "'still here'").await;
+    assert_eq!(reply["status"], "ok");
+}

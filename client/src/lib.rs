@@ -275,11 +275,12 @@ impl ControllerClient {
         self.request("stats_request", &serde_json::json!({})).await
     }
 
-    /// Interrupts the engines' kernels (all engines when `targets` is `None`); returns the
-    /// engines interrupted.
+    /// Interrupts the engines' kernels (all engines when `targets` is `None`) with `signal`
+    /// (SIGINT, the kernelspec's way, when `None`); returns the engines interrupted.
     pub async fn interrupt(
         &self,
         targets: Option<Vec<EngineId>>,
+        signal: Option<String>,
     ) -> Result<Vec<EngineId>, ClientError> {
         #[derive(Deserialize)]
         struct InterruptReply {
@@ -287,7 +288,10 @@ impl ControllerClient {
             engines: Vec<EngineId>,
         }
         let reply: InterruptReply = self
-            .request("interrupt_request", &serde_json::json!(Targets { targets }))
+            .request(
+                "interrupt_request",
+                &serde_json::json!(Targets { targets, signal }),
+            )
             .await?;
         Ok(reply.engines)
     }

@@ -365,6 +365,14 @@ impl KernelProcess {
         }
     }
 
+    /// Sends `signal` to the kernel's process group (for `--signal-on-interrupt`).
+    pub fn signal(&self, signal: Signal) -> Result<(), LaunchError> {
+        if self.exit_status().is_none() {
+            signal_group(self.pid, signal).map_err(LaunchError::Signal)?;
+        }
+        Ok(())
+    }
+
     /// Kills the kernel and its process group, and waits until it has exited.
     pub async fn kill(&self) -> Exit {
         let _ = self.kill.try_send(());

@@ -16,7 +16,7 @@
 //! | engine | iopub messages | the kernel's outputs for a request, header and parent as the kernel made them |
 //! | engine | `execute_reply` | the kernel's reply, sent after the kernel's `idle` for that request |
 //! | engine | `kernel_died` | [`KernelDied`]; in-flight requests get an `EngineError` reply first |
-//! | controller | `interrupt_request` | `{}`: interrupt the kernel; answered `interrupt_reply` |
+//! | controller | `interrupt_request` | [`InterruptRequest`]: interrupt the kernel; answered `interrupt_reply` |
 //! | controller | `shutdown_request` | `{}`: stop the kernel and exit; answered `shutdown_reply` |
 //!
 //! # Client link (client → controller's client ROUTER)
@@ -132,11 +132,22 @@ pub struct Routing {
     pub engine: EngineId,
 }
 
-/// `interrupt_request` from a client: the engines to interrupt (all when absent).
+/// `interrupt_request` from a client: the engines to interrupt (all when absent), and the signal
+/// to send their kernels (a name such as `SIGTERM`, or a number; SIGINT when absent, delivered
+/// the way each kernelspec asks).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct Targets {
     #[serde(default)]
     pub targets: Option<Vec<EngineId>>,
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// `interrupt_request` from the controller to an engine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct InterruptRequest {
+    #[serde(default)]
+    pub signal: Option<String>,
 }
 
 /// `connect_reply`.

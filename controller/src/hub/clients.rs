@@ -146,8 +146,8 @@ impl Hub {
     }
 
     async fn on_interrupt(&self, message: &Message) {
-        let targets = match message.content_as::<Targets>() {
-            Ok(targets) => targets.targets,
+        let (targets, signal) = match message.content_as::<Targets>() {
+            Ok(targets) => (targets.targets, targets.signal),
             Err(error) => {
                 let evalue = format!("invalid interrupt_request: {error}");
                 return self
@@ -171,7 +171,9 @@ impl Hub {
                 Some(problem) => problems.push(problem),
                 None => {
                     if let Some(engine) = self.registry.get(id) {
-                        let mut request = self.session.message("interrupt_request", &json!({}));
+                        let mut request = self
+                            .session
+                            .message("interrupt_request", &json!({ "signal": signal }));
                         request.identities = engine.route.clone();
                         self.to_engine(request).await;
                         interrupted.push(id);

@@ -140,9 +140,22 @@ impl EngineKernel {
         &self.process.spec().name
     }
 
-    /// Interrupts the running code the kernelspec's way: SIGINT to the kernel's process group,
-    /// or `interrupt_request` on its control channel.
-    pub(super) async fn interrupt(&self) {
+    /// Interrupts the running code: with no signal (or SIGINT) the kernelspec's way, SIGINT to
+    /// the kernel's process group or `interrupt_request` on its control channel; any other
+    /// signal is sent to the kernel's process group.
+    pub(super) async fn interrupt(&self, signal: Option<&str>) {
+        match signal.map(parse_signal) {
+            Some(Ok(nix::sys::signal::Signal::SIGINT)) | None => {}
+            Some(Ok(signal)) => {
+                if let Err(error) = self.process.signal(signal) {
+                    tracing::warn!(%error, "could not signal the kernel");
+                }
+                return;
+            }
+            Some(Err(name)) => {
+                tracing::warn!(signal = %name, "unknown signal; interrupting with SIGINT");
+            }
+        }
         match self.process.interrupt() {
             Ok(true) => {}
             Ok(false) => {
@@ -283,5 +296,35 @@ mod tests {
             text.push_str(&chunk.text);
         }
         assert_eq!(text, "one\ntwo é\n");
+    }
+}
+
+/// A signal by name (`SIGTERM`, `TERM`) or number (`15`).
+fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
+    use std::str::FromStr;
+    let name = text.trim().to_ascii_uppercase();
+    if let Ok(number) = name.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(number).map_err(|_| text.to_owned());
+    }
+    let full = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    nix::sys::signal::Signal::from_str(&full).map_err(|_| text.to_owned())
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::parse_signal;
+    use nix::sys::signal::Signal;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("term"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("2"), Ok(Signal::SIGINT));
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("999").is_err());
     }
 }

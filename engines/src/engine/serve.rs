@@ -310,8 +310,12 @@ impl Engine {
             "heartbeat_reply" => {}
             "register_reply" => return self.on_register_reply(&message),
             "interrupt_request" => {
+                let signal = message
+                    .content_as::<parallax_wire::cluster::InterruptRequest>()
+                    .ok()
+                    .and_then(|r| r.signal);
                 if let KernelState::Ready(kernel) = &self.kernel {
-                    kernel.interrupt().await;
+                    kernel.interrupt(signal.as_deref()).await;
                 }
                 self.reply(&message, &json!({ "status": "ok" })).await;
             }

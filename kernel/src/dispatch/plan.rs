@@ -554,10 +554,14 @@ impl Kernel {
             return false;
         };
         let engines = run.engines.clone();
-        let notice = interrupt_notice(&run.options.signal_on_interrupt);
+        let signal = &run.options.signal_on_interrupt;
+        let signal_name = signal
+            .name()
+            .map_or_else(|| signal.number().to_string(), str::to_owned);
+        let notice = interrupt_notice(signal);
         self.emit_active(&notice).await;
         if let Some(client) = &self.cluster {
-            if let Err(error) = client.interrupt(Some(engines)).await {
+            if let Err(error) = client.interrupt(Some(engines), Some(signal_name)).await {
                 tracing::warn!(%error, "could not interrupt the engines");
             }
         }
