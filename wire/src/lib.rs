@@ -18,6 +18,7 @@
 //! - [`connection`]: connection files (read, write with mode 0600) and channel endpoints.
 //! - [`profile`]: a cluster profile's folder and files (`$PARALLAX_DIR/profile_<name>/`).
 //! - [`cluster`]: the cluster protocol's message contents (client, controller, engine).
+//! - [`replies`]: reply types, error contents, the shell requests a kernel serves.
 
 pub mod cluster;
 pub mod codec;
@@ -25,6 +26,7 @@ pub mod connection;
 pub mod header;
 pub mod message;
 pub mod profile;
+pub mod replies;
 pub mod sign;
 
 pub use codec::{DecodeError, Part, Session, DELIMITER};

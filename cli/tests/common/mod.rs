@@ -115,15 +115,7 @@ impl Drop for World {
 }
 
 /// Whether a process exists (and is not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
+pub use parallax_launcher::state::is_alive as alive;
 
 /// Waits until `check` holds, up to `timeout`; returns whether it did.
 pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {

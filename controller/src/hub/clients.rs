@@ -13,7 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::{error_content, error_fields, execute_error, Captured, Hub, Task};
+use parallax_wire::replies::error_content;
+
+use super::{error_fields, execute_error, Captured, Hub, Task};
 use crate::db::{Command, NewTask, RESULT_LIMIT};
 
 /// The ename of requests the controller cannot route (no or bad `engine` metadata, a msg_id

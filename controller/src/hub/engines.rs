@@ -13,7 +13,9 @@ use parallax_wire::{now_iso8601, Message};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{error_content, error_fields, with_engine_id, Captured, Hub, Task};
+use parallax_wire::replies::{error_content, reply_type};
+
+use super::{error_fields, with_engine_id, Captured, Hub, Task};
 use crate::db::{bounded, Change, Command, TaskDb, STREAM_LIMIT};
 
 impl Hub {
@@ -39,7 +41,7 @@ impl Hub {
                 let evalue = format!("the controller does not handle {other} from engines");
                 let reply = self.session.reply(
                     &message,
-                    &super::reply_type(other),
+                    &reply_type(other),
                     &error_content("UnknownMessageType", &evalue),
                 );
                 self.to_engine(reply).await;

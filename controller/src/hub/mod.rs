@@ -19,6 +19,7 @@ use parallax_net::{Inbox, LinkStats, Outbox};
 use parallax_wire::cluster::{
     died_while_running, EngineDied, EngineId, EngineState, ENGINE_ERROR, HEARTBEAT_TIMEOUT,
 };
+use parallax_wire::replies::{error_content, reply_type};
 use parallax_wire::{now_iso8601, to_json_bytes, Message, Session};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -339,24 +340,6 @@ impl Hub {
     }
 }
 
-/// `<x>_reply` for `<x>_request`; other types get `_reply` appended.
-fn reply_type(msg_type: &str) -> String {
-    match msg_type.strip_suffix("_request") {
-        Some(stem) => format!("{stem}_reply"),
-        None => format!("{msg_type}_reply"),
-    }
-}
-
-/// The content of an error reply, with one readable traceback line.
-fn error_content(ename: &str, evalue: &str) -> Value {
-    json!({
-        "status": "error",
-        "ename": ename,
-        "evalue": evalue,
-        "traceback": [format!("{ename}: {evalue}")],
-    })
-}
-
 /// The content of an `execute_reply` that failed before (or without) running.
 fn execute_error(ename: &str, evalue: &str) -> Value {
     let mut content = error_content(ename, evalue);
@@ -387,12 +370,6 @@ fn with_engine_id(metadata: &[u8], id: EngineId) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_types() {
-        assert_eq!(reply_type("execute_request"), "execute_reply");
-        assert_eq!(reply_type("foo"), "foo_reply");
-    }
 
     #[test]
     fn engine_id_is_added_to_metadata() {

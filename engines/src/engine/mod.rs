@@ -175,24 +175,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// `<x>_reply` for `<x>_request`; other types get `_reply` appended.
-fn reply_type(msg_type: &str) -> String {
-    match msg_type.strip_suffix("_request") {
-        Some(stem) => format!("{stem}_reply"),
-        None => format!("{msg_type}_reply"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_types() {
-        assert_eq!(reply_type("execute_request"), "execute_reply");
-        assert_eq!(reply_type("apply_request"), "apply_reply");
-        assert_eq!(reply_type("foo"), "foo_reply");
-    }
 
     #[test]
     fn hostname_is_never_empty() {

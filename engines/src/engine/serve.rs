@@ -19,6 +19,7 @@ use parallax_wire::cluster::{
     died_while_running, EngineId, Heartbeat, KernelDied, RegisterReply, RegisterRequest,
     ENGINE_ERROR, HEARTBEAT_INTERVAL,
 };
+use parallax_wire::replies::{error_content, kernel_shell_request, reply_type};
 use parallax_wire::{to_json_bytes, Message, Session};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -27,24 +28,8 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::inflight::{InFlight, Reply};
 use super::kernel::{recv_chunk, Chunk, EngineKernel};
-use super::{
-    hostname, reply_type, EngineError, EngineOptions, CONTROLLER_TIMEOUT, REGISTER_TIMEOUT,
-};
+use super::{hostname, EngineError, EngineOptions, CONTROLLER_TIMEOUT, REGISTER_TIMEOUT};
 use crate::launch::Exit;
-
-/// Shell requests relayed to the kernel, with whether the kernel answers them.
-const RELAYED: &[(&str, bool)] = &[
-    ("execute_request", true),
-    ("kernel_info_request", true),
-    ("complete_request", true),
-    ("inspect_request", true),
-    ("is_complete_request", true),
-    ("history_request", true),
-    ("comm_info_request", true),
-    ("comm_open", false),
-    ("comm_msg", false),
-    ("comm_close", false),
-];
 
 /// Requests the engine itself sends to its kernel (readiness probes, interrupt in message mode,
 /// shutdown): what the kernel publishes for them is not the controller's business.
@@ -327,7 +312,7 @@ impl Engine {
                     .await;
                 return Some(Ok(()));
             }
-            t if RELAYED.iter().any(|(name, _)| *name == t) => match self.kernel {
+            t if kernel_shell_request(t).is_some() => match self.kernel {
                 KernelState::Ready(_) => self.relay(message).await,
                 _ => self.waiting.push_back(message),
             },
@@ -421,9 +406,7 @@ impl Engine {
                 request.content = content;
             }
         }
-        let expects_reply = RELAYED
-            .iter()
-            .any(|(name, reply)| *name == request.msg_type() && *reply);
+        let expects_reply = kernel_shell_request(request.msg_type()) == Some(true);
         if expects_reply {
             self.in_flight.push(&request, Instant::now());
         }
@@ -653,16 +636,6 @@ fn without_stdin(content: &bytes::Bytes) -> Option<bytes::Bytes> {
     }
     map.insert("allow_stdin".to_owned(), Value::Bool(false));
     Some(to_json_bytes(&map))
-}
-
-/// The content of an error reply.
-fn error_content(ename: &str, evalue: &str) -> Value {
-    json!({
-        "status": "error",
-        "ename": ename,
-        "evalue": evalue,
-        "traceback": [format!("{ename}: {evalue}")],
-    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use parallax_engines::Exit;
+use parallax_wire::replies::{error_content, kernel_shell_request, reply_type};
 use parallax_wire::Message;
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -33,19 +34,6 @@ use crate::local::{self, Local};
 use crate::px::PxRun;
 
 mod plan;
-
-/// Requests the local kernel serves, with whether it answers them with a reply.
-const PROXIED: &[(&str, bool)] = &[
-    ("execute_request", true),
-    ("complete_request", true),
-    ("inspect_request", true),
-    ("is_complete_request", true),
-    ("history_request", true),
-    ("comm_info_request", true),
-    ("comm_open", false),
-    ("comm_msg", false),
-    ("comm_close", false),
-];
 
 /// How long a replied request may go without output before its missing `idle` is given up on.
 const IDLE_GRACE: Duration = Duration::from_secs(30);
@@ -94,6 +82,8 @@ struct LocalJob {
     expects_reply: bool,
     reply: Option<Message>,
     idle: bool,
+    /// Whether the local kernel's `execute_input` for it has been passed on.
+    input_seen: bool,
 }
 
 impl LocalJob {
@@ -172,7 +162,11 @@ enum Event {
 #[derive(Deserialize)]
 struct ExecuteContent {
     #[serde(default)]
+    code: String,
+    #[serde(default)]
     silent: bool,
+    #[serde(default = "yes")]
+    store_history: bool,
     #[serde(default = "yes")]
     stop_on_error: bool,
 }
@@ -254,14 +248,6 @@ async fn recv_from(inbox: Option<&mut parallax_net::Inbox>) -> Option<Message> {
     match inbox {
         Some(inbox) => inbox.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// `<x>_reply` for `<x>_request`; other types get `_reply` appended.
-fn reply_type(msg_type: &str) -> String {
-    match msg_type.strip_suffix("_request") {
-        Some(stem) => format!("{stem}_reply"),
-        None => format!("{msg_type}_reply"),
     }
 }
 
@@ -456,8 +442,8 @@ impl Kernel {
                     .with_metadata(&serde_json::json!({ "status": "aborted" }));
                 let _ = self.front.shell.send(reply).await;
             }
-            _ => match PROXIED.iter().find(|(name, _)| *name == msg_type) {
-                Some(&(_, expects_reply)) => {
+            _ => match kernel_shell_request(&msg_type) {
+                Some(expects_reply) => {
                     if self.forward(&request, expects_reply).await {
                         return;
                     }
@@ -509,6 +495,7 @@ impl Kernel {
                 expects_reply,
                 reply: None,
                 idle: false,
+                input_seen: false,
             }),
             plan: None,
             last_activity: Instant::now(),
@@ -560,6 +547,9 @@ impl Kernel {
                 }
                 // The count of the running cell, should the kernel die before it replies.
                 if message.msg_type() == "execute_input" {
+                    if let Some(job) = active.local_mut() {
+                        job.input_seen = true;
+                    }
                     if let Ok(input) = message.content_as::<ReplyStatus>() {
                         self.execution_count =
                             input.execution_count.unwrap_or(self.execution_count);
@@ -695,6 +685,7 @@ impl Kernel {
                 ),
             );
             if active.request.msg_type() == "execute_request" {
+                self.announce_lost_input(&active).await;
                 self.publish_error(&active.request, &content).await;
             }
             let expects_reply =
@@ -705,6 +696,29 @@ impl Kernel {
             }
             self.finish(&active.request).await;
         }
+    }
+
+    /// A kernel that dies at once (`os._exit`) may take its cell's `execute_input` with it:
+    /// ipykernel sends it from a thread. Then we announce the cell ourselves, with the count
+    /// the kernel had given it, so the notebook's prompt and the error reply agree.
+    async fn announce_lost_input(&mut self, active: &Active) {
+        if active.local().is_none_or(|job| job.input_seen) || active.plan.is_some() {
+            return;
+        }
+        let Ok(cell) = active.request.content_as::<ExecuteContent>() else {
+            return;
+        };
+        if cell.silent {
+            return;
+        }
+        if cell.store_history {
+            self.execution_count += 1;
+        }
+        let input =
+            serde_json::json!({ "code": cell.code, "execution_count": self.execution_count });
+        self.front
+            .publish_new(&active.request, "execute_input", &input)
+            .await;
     }
 
     async fn on_control(&mut self, request: Message) {
@@ -823,26 +837,9 @@ impl Kernel {
     }
 }
 
-/// The content of an error reply (and, without `status`, of an `error` output).
-fn error_content(ename: &str, evalue: &str) -> serde_json::Value {
-    serde_json::json!({
-        "status": "error",
-        "ename": ename,
-        "evalue": evalue,
-        "traceback": [format!("\u{1b}[0;31m{ename}\u{1b}[0m: {evalue}")],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_types() {
-        assert_eq!(reply_type("execute_request"), "execute_reply");
-        assert_eq!(reply_type("foo_request"), "foo_reply");
-        assert_eq!(reply_type("foo"), "foo_reply");
-    }
 
     #[test]
     fn routes_forget_the_oldest() {

@@ -24,7 +24,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{error_content, Active, Job, Kernel, LocalJob, LocalState};
+use parallax_wire::replies::error_content;
+
+use super::{Active, Job, Kernel, LocalJob, LocalState};
 use crate::px::{self, PxRun};
 
 /// How long a request to the controller may take before the cluster counts as gone.
@@ -269,6 +271,7 @@ impl Kernel {
                 expects_reply: true,
                 reply: None,
                 idle: false,
+                input_seen: false,
             });
             active.last_activity = Instant::now();
         }
