@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod cluster;
+mod dashboard;
 mod install;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,8 @@ enum Command {
     Controller(cluster::ControllerArgs),
     /// Run one engine: a kernel that takes work from a controller.
     Engine(cluster::EngineArgs),
+    /// Serve the Clusters page: start, scale and stop clusters, and watch their engines.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster { action } => cluster::cluster(action),
         Command::Controller(args) => cluster::controller(args),
         Command::Engine(args) => cluster::engine(args),
+        Command::Dashboard(args) => dashboard::dashboard(args),
     }
 }
 

@@ -5,6 +5,7 @@
 //!
 //! - [`state`]: `cluster.json`, liveness of its processes, stale clusters.
 //! - [`supervise`]: the supervisor process that starts and watches the controller and engines.
+//! - [`scale`]: changing the number of engines of a running cluster.
 //! - this module: [`start_daemon`] (a detached supervisor, returning once every engine is
 //!   registered and idle), [`wait_ready`], [`stop`] and [`list`].
 
@@ -19,9 +20,11 @@ use parallax_wire::profile::{Profile, ProfileError};
 use serde::Serialize;
 use tokio::time::Instant;
 
+pub mod scale;
 pub mod state;
 pub mod supervise;
 
+pub use scale::scale;
 pub use state::{ClusterState, ClusterStatus};
 pub use supervise::supervise;
 
@@ -53,6 +56,8 @@ pub enum LaunchError {
     },
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("a cluster needs at least 1 engine (asked for {n})")]
+    NoEngines { n: usize },
 }
 
 /// How to start a cluster.

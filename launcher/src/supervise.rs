@@ -5,7 +5,11 @@
 //! stop can end a child together with whatever it started (an engine's kernel). One task waits
 //! on each child and reports its exit; the supervisor's loop reacts: an engine that died is
 //! started again under its old id when engines restart, a controller that died ends the cluster.
+//!
+//! Scaling: SIGUSR1 tells the supervisor to read the profile's `scale.json` (written by
+//! [`crate::scale::scale`]) and start engine processes in new slots or stop the highest ones.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -40,6 +44,8 @@ struct Supervisor<'a> {
     state: ClusterState,
     exits: mpsc::UnboundedSender<Exited>,
     client: Option<ControllerClient>,
+    /// Engine processes stopped by a scale-down: their exit is expected, not restarted.
+    retired: HashSet<u32>,
 }
 
 /// How long engines and the controller get to stop after SIGTERM before they are killed.
@@ -52,6 +58,16 @@ pub async fn supervise(
 ) -> Result<(), LaunchError> {
     let profile = &options.profile;
     profile.create()?;
+    // Before cluster.json exists (which is what `scale` checks), so that a SIGUSR1 never meets
+    // the default action, which ends the process.
+    let scale_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).map_err(
+            |source| LaunchError::Spawn {
+                what: "SIGUSR1 handler".into(),
+                source,
+            },
+        )?;
+    crate::scale::remove_request(profile);
     match state::status(profile) {
         ClusterStatus::Running(running) if running.supervisor_pid != std::process::id() => {
             return Err(LaunchError::AlreadyRunning {
@@ -84,11 +100,15 @@ pub async fn supervise(
         },
         exits,
         client: None,
+        retired: HashSet::new(),
     };
     supervisor.state.write(profile)?;
-    let outcome = supervisor.start_and_watch(&mut exited, shutdown).await;
+    let outcome = supervisor
+        .start_and_watch(&mut exited, scale_signal, shutdown)
+        .await;
     supervisor.stop_all(&mut exited).await;
     state::remove_files(profile);
+    crate::scale::remove_request(profile);
     outcome
 }
 
@@ -96,6 +116,7 @@ impl Supervisor<'_> {
     async fn start_and_watch(
         &mut self,
         exited: &mut mpsc::UnboundedReceiver<Exited>,
+        mut scale_signal: tokio::signal::unix::Signal,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), LaunchError> {
         let profile = &self.options.profile;
@@ -146,12 +167,19 @@ impl Supervisor<'_> {
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
+                Some(()) = scale_signal.recv() => self.rescale()?,
                 Some(gone) = exited.recv() => match gone.role {
                     Role::Controller => {
                         return Err(LaunchError::ControllerFailed {
                             status: gone.status,
                             log: state::log_tail(&profile.log_dir().join("controller.log"), 20),
                         });
+                    }
+                    Role::Engine(_) if self.retired.remove(&gone.pid) => {
+                        tracing::info!(pid = gone.pid, status = %gone.status, "retired engine process exited");
+                    }
+                    Role::Engine(slot) if self.state.engine_pids.get(slot) != Some(&gone.pid) => {
+                        tracing::warn!(slot, pid = gone.pid, "an engine process of a slot no longer in use exited");
                     }
                     Role::Engine(slot) => {
                         tracing::warn!(slot, pid = gone.pid, status = %gone.status, "engine process exited");
@@ -162,6 +190,31 @@ impl Supervisor<'_> {
                 },
             }
         }
+    }
+
+    /// Applies the profile's scale request: starts engine processes in new slots, or stops
+    /// those of the highest slots (SIGTERM: each engine shuts its kernel down and exits).
+    fn rescale(&mut self) -> Result<(), LaunchError> {
+        let profile = &self.options.profile;
+        let Some(n) = crate::scale::read_request(profile) else {
+            tracing::warn!("SIGUSR1 without a valid scale.json; ignored");
+            return Ok(());
+        };
+        let now = self.state.engine_pids.len();
+        tracing::info!(from = now, to = n, "scaling");
+        for slot in now..n {
+            let pid = self.spawn_engine(slot, None)?;
+            self.state.engine_pids.push(pid);
+        }
+        while self.state.engine_pids.len() > n {
+            if let Some(pid) = self.state.engine_pids.pop() {
+                self.retired.insert(pid);
+                state::signal_tree(pid, Signal::SIGTERM);
+            }
+        }
+        self.state.n = n;
+        self.state.write(profile)?;
+        Ok(())
     }
 
     fn engine_log(&self, slot: usize) -> PathBuf {
@@ -271,6 +324,7 @@ impl Supervisor<'_> {
     /// with its process group.
     async fn stop_all(&mut self, exited: &mut mpsc::UnboundedReceiver<Exited>) {
         let mut running: Vec<u32> = self.state.engine_pids.clone();
+        running.extend(self.retired.iter().copied());
         running.extend(self.state.controller_pid);
         running.retain(|pid| state::is_alive(*pid));
         if let Some(controller) = self
