@@ -447,3 +447,34 @@ async fn interrupts_carry_the_chosen_signal_to_the_engine_kernel() {
     let (_, reply) = run(&client, 1, "'still here'").await;
     assert_eq!(reply["status"], "ok");
 }
+
+#[tokio::test]
+async fn an_engine_stopped_by_sigterm_says_so_at_once() {
+    let world = World::new();
+    world.start("bye", 2, &[]);
+    let client = world.client("bye").await;
+    let mut notifications = client.subscribe();
+    let engines = client.engines().await.expect("engines");
+    let victim = engines
+        .iter()
+        .find(|e| e.id == 1)
+        .expect("engine 1")
+        .clone();
+    let stopped_at = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &victim.pid.to_string()])
+        .status();
+    let died = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if let Ok(Notification::EngineDied(died)) = notifications.recv().await {
+                return died;
+            }
+        }
+    })
+    .await
+    .expect("engine_died within 1 s, not after the heartbeat timeout");
+    assert_eq!(died.id, 1);
+    assert_eq!(died.reason, "the engine stopped");
+    assert!(stopped_at.elapsed() < Duration::from_secs(1));
+    assert!(eventually(Duration::from_secs(5), || !alive(victim.kernel_pid)).await);
+}

@@ -16,6 +16,7 @@
 //! | engine | iopub messages | the kernel's outputs for a request, header and parent as the kernel made them |
 //! | engine | `execute_reply` | the kernel's reply, sent after the kernel's `idle` for that request |
 //! | engine | `kernel_died` | [`KernelDied`]; in-flight requests get an `EngineError` reply first |
+//! | engine | `unregister` | [`Heartbeat`]: the engine is stopping (SIGTERM, a scale-down); no reply |
 //! | controller | `interrupt_request` | [`InterruptRequest`]: interrupt the kernel; answered `interrupt_reply` |
 //! | controller | `shutdown_request` | `{}`: stop the kernel and exit; answered `shutdown_reply` |
 //!

@@ -33,6 +33,12 @@ impl Hub {
         match message.msg_type() {
             "heartbeat" => self.on_heartbeat(id, message).await,
             "kernel_died" => self.on_kernel_died(id, &message).await,
+            "unregister" => {
+                if self.registry.get(id).is_some_and(|e| e.is_live()) {
+                    self.engine_lost(id, "the engine stopped".into(), false)
+                        .await;
+                }
+            }
             "execute_reply" => self.on_execute_reply(id, message).await,
             "interrupt_reply" | "shutdown_reply" => {
                 tracing::debug!(id, msg_type = message.msg_type(), "engine answered");

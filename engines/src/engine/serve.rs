@@ -283,6 +283,14 @@ impl Engine {
             Event::Shutdown => {
                 tracing::info!("asked to stop");
                 self.abandon_requests("was shut down").await;
+                // Say goodbye, so the controller need not wait for heartbeats to stop.
+                if let Some(id) = self.id {
+                    let goodbye = self
+                        .link
+                        .session
+                        .message("unregister", &parallax_wire::cluster::Heartbeat { id });
+                    self.to_controller(goodbye).await;
+                }
                 return Some(Ok(()));
             }
         }
