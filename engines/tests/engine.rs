@@ -565,11 +565,14 @@ async fn interrupt_stops_running_code() {
     let engine = Engine::spawn(controller.options());
     controller.register(0).await;
 
-    let request = controller.execute("import time; time.sleep(60)").await;
-    // Started: the kernel's busy for it.
+    let request = controller
+        .execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+        .await;
+    // Inside the user's code: it printed. (A SIGINT that lands while ipykernel is still
+    // setting the cell up interrupts ipykernel's own code instead.)
     loop {
         let message = controller.next(STEP).await;
-        if message.msg_type() == "execute_input" {
+        if message.msg_type() == "stream" {
             break;
         }
     }
