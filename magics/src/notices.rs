@@ -107,7 +107,7 @@ pub fn aborted_notice(engine: u32, reason: &AbortReason) -> Emit {
 /// Our choice (ipyparallel draws a tqdm bar, `%px: 25%|██▌ | 1/4 [00:02<00:06, 2.0s/tasks]`,
 /// which is noise in a saved notebook): one plain line, published first as `display_data` with
 /// `display_id` and then updated in place (`update: true`) as engines finish. Once all are
-/// done the kernel updates it to `%px: 4/4 engines done` and leaves it.
+/// done the kernel empties it, so the line disappears from the notebook.
 pub fn progress(display_id: &str, done: usize, total: usize, update: bool) -> Emit {
     let data = text_bundle(progress_text(done, total));
     if update {

@@ -525,7 +525,7 @@ impl Engine {
                 "status": "error",
                 "ename": ENGINE_ERROR,
                 "evalue": evalue,
-                "traceback": [format!("{ENGINE_ERROR}: {evalue}: its kernel ({name}) ended with {exit}")],
+                "traceback": [format!("{ENGINE_ERROR}: {evalue}: its kernel ({name}) ended: {exit}")],
                 "execution_count": null,
             });
             self.reply(&entry.request, &content).await;

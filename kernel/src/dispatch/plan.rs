@@ -44,6 +44,11 @@ pub(super) struct PlanState {
     count: u64,
     /// The cell's error, once a step failed.
     error: Option<Value>,
+    /// An error to end the cell with once its steps have run: a magic that did not parse (its
+    /// UsageError line is already shown; the cell still takes its count, as in IPython).
+    deferred_error: Option<Value>,
+    /// A `--local` parallel step's run, shown grouped once the local copy of its cell has run.
+    after_local: Option<PxRun>,
     /// When the running parallel step last checked on the controller.
     checked: Instant,
 }
@@ -111,33 +116,19 @@ impl Kernel {
                 .publish_new(&request, "execute_input", &input)
                 .await;
         }
+        let mut deferred_error = None;
         let mut steps: VecDeque<Step> = match plan {
             Ok(plan) => plan.steps.into(),
             Err(error) => {
                 // As IPython shows a bad magic: a UsageError line on stderr, no traceback.
                 self.emit(&request, &px::stderr(error.stderr_text())).await;
-                let silent = content.silent;
-                let content = json!({
+                deferred_error = Some(json!({
                     "status": "error",
                     "ename": error.ename(),
                     "evalue": error.to_string(),
                     "traceback": [],
-                });
-                self.active = Some(Active {
-                    request,
-                    job: Job::Between,
-                    plan: Some(PlanState {
-                        steps: VecDeque::new(),
-                        take_history: false,
-                        silent,
-                        count,
-                        error: Some(content),
-                        checked: Instant::now(),
-                    }),
-                    last_activity: Instant::now(),
-                });
-                self.run_plan().await;
-                return;
+                }));
+                VecDeque::new()
             }
         };
         if store_history {
@@ -153,6 +144,8 @@ impl Kernel {
                 silent: content.silent,
                 count,
                 error: None,
+                deferred_error,
+                after_local: None,
                 checked: Instant::now(),
             }),
             last_activity: Instant::now(),
@@ -176,6 +169,9 @@ impl Kernel {
                 plan.steps.pop_front()
             };
             let Some(step) = next else {
+                if plan.error.is_none() {
+                    plan.error = plan.deferred_error.take();
+                }
                 self.reply_plan().await;
                 return;
             };
@@ -302,6 +298,18 @@ impl Kernel {
                 }));
             }
         }
+        // A `--local` step's engines, shown once the local copy has run.
+        if let Some(run) = active.plan.as_mut().and_then(|p| p.after_local.take()) {
+            let group = Some(run.options.group_outputs);
+            active.job = Job::Parallel { run, group };
+            if self.parallel_done() {
+                if let Outcome::Failed(content) = self.finish_parallel().await {
+                    self.fail_plan(content).await;
+                }
+            } else {
+                return;
+            }
+        }
         self.run_plan().await;
     }
 
@@ -369,6 +377,17 @@ impl Kernel {
             let notice = execution_notice(step.options.block, &step.options.targets, &targets);
             self.emit(&request, &notice).await;
         }
+        if step.options.local {
+            // As ipyparallel: the engines run while the cell runs here too; the local output
+            // comes first, then the engines' output, grouped.
+            if let Some(plan) = self.active.as_mut().and_then(|a| a.plan.as_mut()) {
+                plan.steps.push_front(Step::Local(step.code.clone()));
+                if step.options.block {
+                    plan.after_local = Some(run);
+                    return Outcome::Done;
+                }
+            }
+        }
         if !step.options.block {
             self.last_async = Some(run);
             self.emit(&request, &pending_result()).await;
@@ -428,9 +447,15 @@ impl Kernel {
             }
         }
         if !owned {
-            if let Some(run) = &mut self.last_async {
+            let waiting = self
+                .active
+                .as_mut()
+                .and_then(|a| a.plan.as_mut())
+                .and_then(|p| p.after_local.as_mut());
+            for run in waiting.into_iter().chain(self.last_async.as_mut()) {
                 if run.owns(&message) {
                     run.on_message(&message);
+                    break;
                 }
             }
             return;
@@ -625,8 +650,9 @@ impl Kernel {
                             .filter(|e| e.state != EngineState::Dead)
                             .map(|e| format!("{} ({:?})", e.id, e.state).to_lowercase())
                             .collect();
+                        let noun = if live.len() == 1 { "engine" } else { "engines" };
                         format!(
-                            "Cluster {:?}: running, {} engines: {}\n",
+                            "Cluster {:?}: running, {} {noun}: {}\n",
                             self.profile,
                             live.len(),
                             live.join(", ")
