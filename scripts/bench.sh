@@ -10,6 +10,7 @@ cd "$ROOT"
 BENCHES=(
     bench/kernel_roundtrip.py
     bench/cluster_start.py
+    bench/px_roundtrip.py
 )
 
 scripts/setup.sh

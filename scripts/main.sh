@@ -9,6 +9,7 @@ cd "$ROOT"
 # Notebooks to execute, in order: one line each.
 NOTEBOOKS=(
     notebooks/kernel_demo.ipynb
+    notebooks/px_magics.ipynb
 )
 
 scripts/setup.sh

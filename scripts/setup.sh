@@ -5,6 +5,8 @@
 #   2. cargo build --release --locked            -> target/release/parallax
 #   3. .venv (python3.11) with python/requirements.txt, reinstalled only when that file changes
 #   4. the parallax kernelspec installed into .venv (`.venv/bin/jupyter kernelspec list` shows it)
+#   5. the parallax Python package (python/, editable) and its Jupyter server extension (the
+#      Clusters page at /parallax/) enabled in .venv
 #
 # Environment: PYTHON (default python3.11).
 set -euo pipefail
@@ -30,6 +32,9 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (Python 3.11 is required)"
 # Debian splits ensurepip (needed by `python -m venv`) into its own package.
 "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || missing+=("$(basename "$PYTHON")-venv")
+# Headless browser for the Clusters page tests (Playwright drives Debian's chromium; never
+# `playwright install`).
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ((${#missing[@]})); then
     step "installing system packages: ${missing[*]}"
     if [[ $(id -u) -eq 0 ]]; then
@@ -70,5 +75,22 @@ step "installing the parallax kernelspec into .venv"
 "$BIN" kernel install --prefix "$VENV" --python "$VENV/bin/python"
 "$VENV/bin/jupyter" kernelspec list | grep -qE '^ +parallax ' ||
     die "parallax kernelspec not visible to .venv/bin/jupyter"
+
+# --- 5. python package and Jupyter server extension ----------------------------------------------
+if ! "$VENV/bin/python" -c 'import parallax.jupyter' >/dev/null 2>&1; then
+    step "installing the parallax python package (python/) into .venv"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT/python"
+fi
+step "enabling the parallax Jupyter server extension (the Clusters page at /parallax/)"
+# An editable install does not place data files: put the extension's config where a regular
+# install would (jupyter_server only enables extensions its config already lists).
+mkdir -p "$VENV/etc/jupyter/jupyter_server_config.d"
+cp "$ROOT/python/jupyter-config/parallax.json" "$VENV/etc/jupyter/jupyter_server_config.d/parallax.json"
+"$VENV/bin/jupyter" server extension enable parallax.jupyter --sys-prefix >/dev/null 2>&1
+# Capture first: `grep -q` stops reading early, and under pipefail the writer's SIGPIPE would fail
+# the check.
+extensions="$("$VENV/bin/jupyter" server extension list 2>&1)"
+grep -q 'parallax.jupyter.*enabled' <<<"$extensions" ||
+    die "the parallax server extension is not enabled in .venv"
 
 step "setup done"

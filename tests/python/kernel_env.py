@@ -1,7 +1,8 @@
 """Shared machinery for the end-to-end kernel tests: which kernel is under test, an isolated Jupyter
 environment with the parallax kernelspec installed, process-tree bookkeeping via /proc, starting and
 stopping a kernel (asserting nothing of it is left), and `Driver`, a message-level helper around
-`BlockingKernelClient` that waits on events with deadlines.
+`BlockingKernelClient` that waits on events with deadlines, and clusters (`parallax cluster start
+--daemonize` in the isolated environment, stopped with no process left).
 
 The kernel under test is chosen by `PARALLAX_TEST_KERNEL`:
   - unset or `parallax`: the parallax kernel, installed from `PARALLAX_BIN`
@@ -12,12 +13,15 @@ Tests that only make sense for parallax carry `@pytest.mark.parallax_only`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -337,3 +341,96 @@ class Driver:
 
 def _is_status(msg: dict[str, Any], state: str) -> bool:
     return msg["msg_type"] == "status" and msg["content"].get("execution_state") == state
+
+
+# --- clusters -------------------------------------------------------------------------------------
+
+CLUSTER_TIMEOUT = 60.0
+
+
+def processes_using(parallax_dir: str | Path) -> set[int]:
+    """Live processes started with `PARALLAX_DIR=parallax_dir` in their environment: every process of
+    a cluster (supervisor, controller, engines, engine kernels) and of a kernel started in that
+    isolated environment. This process is left out (its /proc environ is the one it started with)."""
+    needle = f"PARALLAX_DIR={parallax_dir}".encode()
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and is_alive(int(entry)):
+            found.add(int(entry))
+    return found
+
+
+@dataclass
+class Cluster:
+    """A cluster started with `parallax cluster start --daemonize` in an isolated environment."""
+
+    profile: str
+    n: int
+    env: dict[str, str]
+    pids: set[int]  # supervisor, controller, engine processes and their kernels, as started
+
+    @property
+    def parallax_dir(self) -> Path:
+        return Path(self.env["PARALLAX_DIR"])
+
+    @property
+    def profile_dir(self) -> Path:
+        return self.parallax_dir / f"profile_{self.profile}"
+
+
+def parallax_cli(args: list[str], env: dict[str, str], timeout: float = CLUSTER_TIMEOUT) -> str:
+    """Run `parallax ARGS`; returns its stdout, raises with its output if it fails."""
+    cmd = [str(PARALLAX_BIN), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def start_cluster(env: IsolatedEnv, profile: str = "default", n: int = 2) -> Cluster:
+    """Start a cluster of `n` engines for `profile` in `env`; returns once every engine is ready.
+    Engines run ipykernel from this Python (`PARALLAX_PYTHON`)."""
+    cluster_env = {**env.environ(), "PARALLAX_PYTHON": sys.executable}
+    out = parallax_cli(["cluster", "start", "-n", str(n), "--daemonize", "--profile", profile], cluster_env)
+    cluster = Cluster(profile, n, cluster_env, set())
+    try:
+        record = json.loads((cluster.profile_dir / "cluster.json").read_text())
+        cluster.pids = process_tree(int(record["supervisor_pid"]))
+        expected = {int(record["controller_pid"]), *map(int, record["engine_pids"])}
+        assert expected <= cluster.pids, f"cluster.json names processes that are not running: {out}"
+    except BaseException:
+        stop_cluster(cluster)
+        raise
+    return cluster
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    """`parallax cluster stop --profile P`, then assert that no process of the cluster (nor anything
+    else started in its environment) is left; leftovers are killed before the assertion fails."""
+    try:
+        parallax_cli(["cluster", "stop", "--profile", cluster.profile], cluster.env)
+    finally:
+        assert_no_processes_left(cluster.parallax_dir, cluster.pids)
+
+
+def assert_no_processes_left(
+    parallax_dir: str | Path, pids: Iterable[int] = (), timeout: float = 10.0
+) -> None:
+    """Wait until `pids` and every process started with `PARALLAX_DIR=parallax_dir` are gone; kill
+    (SIGKILL, by pid) whatever is left and fail naming it."""
+    left = wait_gone(set(pids) | processes_using(parallax_dir), timeout)
+    left |= processes_using(parallax_dir)
+    if left:
+        described = describe(left)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError(f"processes left behind: {described}")

@@ -1,0 +1,249 @@
+"""The Clusters page in a real browser (headless Debian chromium driven by Playwright): set 2
+engines, Start, see both idle, run work through the controller and see the task counts rise, Scale
+to 3 and see the third engine, Stop and see the cluster stopped. Once on `parallax dashboard`
+itself and once through the Jupyter server extension at `/parallax/` (a real `jupyter server`
+from this environment, with its own token). A screenshot of every step is kept under
+`tests/artifacts/dashboard/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from kernel_env import REPO
+
+pytestmark = pytest.mark.timeout(240)
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "tests" / "artifacts" / "dashboard"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STEP_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (scripts/setup.sh installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def run_work(
+    parallax_dir: Path,
+    profile: str,
+    engines: list[int],
+    per_engine: int = 10,
+    code: str = "time.sleep(0.02)",
+    while_running: Any = None,
+) -> None:
+    """`per_engine` execute requests on each engine through the controller's client protocol (a
+    pyzmq DEALER with jupyter_client's Session); calls `while_running()` once they are sent, then
+    waits for every reply."""
+    import zmq
+    from jupyter_client.session import Session
+
+    info = json.loads((parallax_dir / f"profile_{profile}" / "security" / "controller-client.json").read_text())
+    session = Session(key=info["key"].encode(), signature_scheme="hmac-sha256", username="test")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(info["url"])
+    try:
+        pending = set()
+        for i in range(per_engine):
+            for engine in engines:
+                content = {
+                    "code": f"import time; {code}; {i}",
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                    "stop_on_error": False,
+                }
+                msg = session.send(sock, "execute_request", content, metadata={"engine": engine})
+                pending.add(msg["header"]["msg_id"])
+        if while_running is not None:
+            while_running()
+        deadline = time.monotonic() + 60
+        while pending:
+            assert sock.poll(max(0.0, deadline - time.monotonic()) * 1000), f"no reply for {len(pending)} tasks"
+            _, msg = session.recv(sock, mode=0)
+            if msg["msg_type"] == "execute_reply":
+                assert msg["content"]["status"] == "ok", msg["content"]
+                pending.discard(msg["parent_header"].get("msg_id"))
+    finally:
+        sock.close()
+
+
+def walk(browser: Any, page_url: str, parallax_dir: Path, label: str) -> None:
+    """The walk through the page; `page_url` opens it authenticated."""
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    profile = "web"
+    (parallax_dir / f"profile_{profile}").mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        page.goto(page_url)
+        expect(page.get_by_role("heading", name="Parallax clusters")).to_be_visible()
+        row = page.locator(f'tr[data-profile="{profile}"]')
+        expect(row.locator(".status")).to_have_text("stopped")
+        page.screenshot(path=str(ARTIFACTS / f"{label}-1-opened.png"), full_page=True)
+
+        page.get_by_label(f"Engines for {profile}").fill("2")
+        page.get_by_role("button", name=f"Start {profile}").click()
+        section = page.locator(f'section[data-profile="{profile}"]')
+        idle = section.locator("td.state-idle")
+        expect(idle).to_have_count(2)
+        expect(row.locator(".status")).to_have_text("running")
+        expect(row.locator(".running")).to_have_text("2")
+        expect(page.locator("#message")).to_contain_text("started: 2 engines")
+        expect(section.locator(".snippet")).to_have_text(f'import parallax as ipp\nrc = ipp.Client(profile="{profile}")')
+        page.screenshot(path=str(ARTIFACTS / f"{label}-2-started.png"), full_page=True)
+
+        ids = [int(i) for i in section.locator("tr[data-engine]").evaluate_all("rs => rs.map(r => r.dataset.engine)")]
+        run_work(parallax_dir, profile, ids, per_engine=10)
+        expect(section.locator("td.done").first).to_have_text("10")
+        expect(section.locator("td.done").last).to_have_text("10")
+        page.wait_for_timeout(1200)  # one more throughput sample for the chart
+        page.screenshot(path=str(ARTIFACTS / f"{label}-3-tasks.png"), full_page=True)
+
+        def shows_the_running_task() -> None:
+            expect(section.locator("td.task").first).to_contain_text("time.sleep(2)")
+            expect(section.locator("td.state-busy")).to_have_count(1)
+            page.screenshot(path=str(ARTIFACTS / f"{label}-3b-running.png"), full_page=True)
+
+        run_work(
+            parallax_dir, profile, ids[:1], per_engine=1, code="time.sleep(2)", while_running=shows_the_running_task
+        )
+        expect(section.locator("td.state-busy")).to_have_count(0)
+
+        page.get_by_label(f"Engines for {profile}").fill("3")
+        page.get_by_role("button", name=f"Scale {profile}").click()
+        expect(idle).to_have_count(3)
+        expect(row.locator(".running")).to_have_text("3")
+        page.screenshot(path=str(ARTIFACTS / f"{label}-4-scaled.png"), full_page=True)
+
+        page.get_by_role("button", name=f"Stop {profile}").click()
+        expect(row.locator(".status")).to_have_text("stopped")
+        expect(section).to_have_count(0)
+        expect(page.get_by_role("button", name=f"Start {profile}")).to_be_enabled()
+        page.screenshot(path=str(ARTIFACTS / f"{label}-5-stopped.png"), full_page=True)
+
+        # A refused request shows its message on the page.
+        page.get_by_label("Profile name").fill("bad name!")
+        page.get_by_label("Engines", exact=True).fill("1")
+        page.locator("#new-profile").evaluate("e => e.removeAttribute('pattern')")
+        page.get_by_role("button", name="Create and start").click()
+        expect(page.locator("#message")).to_contain_text("invalid profile name")
+        page.screenshot(path=str(ARTIFACTS / f"{label}-6-error.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        context.close()
+
+
+def test_the_page_starts_scales_and_stops_a_cluster(browser: Any, dashboard: Any) -> None:
+    walk(browser, f"{dashboard.url}/?token={dashboard.token}", dashboard.parallax_dir, "dashboard")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_page_inside_jupyter_server(browser: Any, isolated_env: Any) -> None:
+    pytest.importorskip("parallax.jupyter")
+    from conftest import DashboardServer, processes_in
+
+    # Only to check the binary has the dashboard (skips otherwise) and for its environment.
+    probe = DashboardServer(isolated_env)
+    probe.stop()
+    env = {**probe.env, "PARALLAX_BIN": probe.binary}
+    env.pop("PARALLAX_DASHBOARD_TOKEN", None)
+    config_dir = Path(env["JUPYTER_CONFIG_DIR"])
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"parallax.jupyter": True}}})
+    )
+    token = "jt" + os.urandom(12).hex()
+    port = free_port()
+    root = isolated_env.root / "notebooks"
+    root.mkdir()
+    log = open(isolated_env.root / "jupyter.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{base}/api/status", params={"token": token}, timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (
+                isolated_env.root / "jupyter.log"
+            ).read_text()
+            time.sleep(0.2)
+        # Jupyter's authentication guards the mount.
+        anonymous = requests.get(f"{base}/parallax/api/clusters", timeout=10, allow_redirects=False)
+        assert anonymous.status_code in (302, 403), anonymous.text
+        assert "/login" in anonymous.headers.get("location", "/login")
+        assert requests.post(f"{base}/parallax/api/clusters", json={"profile": "x", "n": 1}, timeout=10).status_code == 403
+        r = requests.get(f"{base}/parallax/api/clusters", params={"token": token}, timeout=30)
+        assert r.status_code == 200 and r.json() == [], r.text
+        walk(browser, f"{base}/parallax/?token={token}", Path(env["PARALLAX_DIR"]), "jupyter")
+    finally:
+        subprocess.run([probe.binary, "cluster", "stop", "--all"], env=env, capture_output=True, timeout=60)
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    from kernel_env import describe, wait_gone
+
+    left = wait_gone(processes_in(env["PARALLAX_DIR"]), 10)
+    assert not left, f"processes left behind: {describe(left)}"
