@@ -107,10 +107,30 @@ impl Active {
         }
     }
 
-    /// Whether `message` is the local kernel's answer to this request's local job.
+    /// Whether `message` is the local kernel's answer to one of this request's local jobs.
     fn is_local_child(&self, message: &Message) -> bool {
-        self.local()
-            .is_some_and(|job| message.parent_msg_id() == Some(job.local_msg_id.as_str()))
+        let parent = message.parent_msg_id();
+        let matches = |job: &LocalJob| parent == Some(job.local_msg_id.as_str());
+        self.local().is_some_and(matches)
+            || self
+                .plan
+                .as_ref()
+                .and_then(|p| p.history.as_ref())
+                .is_some_and(matches)
+    }
+
+    /// The local job `message` answers: the running one, or a plan's history step.
+    fn job_for(&mut self, message: &Message) -> Option<&mut LocalJob> {
+        let parent = message.parent_msg_id();
+        if let Job::Local(job) = &mut self.job {
+            if parent == Some(job.local_msg_id.as_str()) {
+                return Some(job);
+            }
+        }
+        self.plan
+            .as_mut()
+            .and_then(|p| p.history.as_mut())
+            .filter(|job| parent == Some(job.local_msg_id.as_str()))
     }
 }
 
@@ -526,10 +546,8 @@ impl Kernel {
                     .map(|s| s.execution_state == "idle")
                     .unwrap_or(false);
                 if let Some(active) = &mut self.active {
-                    if idle && active.is_local_child(&message) {
-                        if let Some(job) = active.local_mut() {
-                            job.idle = true;
-                        }
+                    if let Some(job) = active.job_for(&message).filter(|_| idle) {
+                        job.idle = true;
                         self.complete_if_done().await;
                     }
                 }
@@ -547,7 +565,7 @@ impl Kernel {
                 }
                 // The count of the running cell, should the kernel die before it replies.
                 if message.msg_type() == "execute_input" {
-                    if let Some(job) = active.local_mut() {
+                    if let Some(job) = active.job_for(&message) {
                         job.input_seen = true;
                     }
                     if let Ok(input) = message.content_as::<ReplyStatus>() {
@@ -580,7 +598,7 @@ impl Kernel {
         }
         if active.plan.is_some() {
             // The plan answers the cell itself once every step has run.
-            if let Some(job) = active.local_mut() {
+            if let Some(job) = active.job_for(&message) {
                 job.reply = Some(message);
             }
             self.complete_if_done().await;
@@ -623,6 +641,10 @@ impl Kernel {
     }
 
     async fn complete_if_done(&mut self) {
+        if self.history_done_while_awaited() {
+            self.run_plan().await;
+            return;
+        }
         let done = self
             .active
             .as_ref()

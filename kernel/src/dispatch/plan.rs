@@ -1,12 +1,13 @@
 //! Cells with parallel magics: a [`Plan`] of steps run in order as one request.
 //!
 //! The cell's `busy`, its one `execute_input` and its `execute_reply` come from here. The cell
-//! first takes its execution count and history entry from the local kernel, by running a
-//! commented copy of itself there with `store_history` (so a cell that fails early still counts,
-//! as in IPython); then local steps go to the local kernel without `store_history`, parallel
-//! steps go to the engines through the controller, and the other steps (`%pxconfig`, `%autopx`,
-//! `%pxresult`, `%cluster`) are served here. The first step that fails ends the cell with its
-//! error.
+//! takes its execution count and history entry from the local kernel by sending it a commented
+//! copy of itself with `store_history` at the start (so a cell that fails early still counts, as
+//! in IPython); that runs while the steps go on, and the cell is answered once it has replied.
+//! Local steps go to the local kernel without `store_history` (it runs requests in order, after
+//! the history step), parallel steps go to the engines through the controller, and the other
+//! steps (`%pxconfig`, `%autopx`, `%pxresult`, `%cluster`) are served here. The first step that
+//! fails ends the cell with its error.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -37,8 +38,10 @@ const WATCHDOG: Duration = Duration::from_secs(3);
 /// The rest of a cell's plan.
 pub(super) struct PlanState {
     steps: VecDeque<Step>,
-    /// Whether the next local step is the one that takes the cell's history entry.
-    take_history: bool,
+    /// The commented copy of the cell that takes its count and history entry, running alongside.
+    pub(super) history: Option<LocalJob>,
+    /// The steps are done and the answer waits for `history`.
+    awaiting_history: bool,
     silent: bool,
     /// The cell's execution count, as its `execute_input` announced it.
     count: u64,
@@ -117,7 +120,7 @@ impl Kernel {
                 .await;
         }
         let mut deferred_error = None;
-        let mut steps: VecDeque<Step> = match plan {
+        let steps: VecDeque<Step> = match plan {
             Ok(plan) => plan.steps.into(),
             Err(error) => {
                 // As IPython shows a bad magic: a UsageError line on stderr, no traceback.
@@ -131,21 +134,24 @@ impl Kernel {
                 VecDeque::new()
             }
         };
-        if store_history {
+        let history = if store_history {
             let commented: Vec<String> = content.code.lines().map(|l| format!("# {l}")).collect();
-            steps.push_front(Step::Local(commented.join("\n")));
-        }
+            self.send_history_step(&request, commented.join("\n")).await
+        } else {
+            None
+        };
         self.active = Some(Active {
             request,
             job: Job::Between,
             plan: Some(PlanState {
                 steps,
-                take_history: store_history,
+                awaiting_history: false,
                 silent: content.silent,
                 count,
                 error: None,
                 deferred_error,
                 after_local: None,
+                history,
                 checked: Instant::now(),
             }),
             last_activity: Instant::now(),
@@ -154,7 +160,7 @@ impl Kernel {
     }
 
     /// Runs steps until one has to wait, or the plan is over (then answers the cell).
-    async fn run_plan(&mut self) {
+    pub(super) async fn run_plan(&mut self) {
         loop {
             let Some(active) = &mut self.active else {
                 return;
@@ -169,6 +175,10 @@ impl Kernel {
                 plan.steps.pop_front()
             };
             let Some(step) = next else {
+                if plan.history.as_ref().is_some_and(|h| !h.done()) {
+                    plan.awaiting_history = true;
+                    return;
+                }
                 if plan.error.is_none() {
                     plan.error = plan.deferred_error.take();
                 }
@@ -240,7 +250,6 @@ impl Kernel {
         let Some(plan) = &mut active.plan else {
             return Outcome::Done;
         };
-        let store_history = std::mem::take(&mut plan.take_history);
         let silent = plan.silent;
         let request = active.request.clone();
         let LocalState::Ready(local) = &self.local else {
@@ -251,7 +260,7 @@ impl Kernel {
         };
         let mut content: Value = request.content_as().unwrap_or_else(|_| json!({}));
         content["code"] = json!(code);
-        content["store_history"] = json!(store_history);
+        content["store_history"] = json!(false);
         content["silent"] = json!(silent);
         let bytes = parallax_wire::to_json_bytes(&content);
         let Some(local_msg_id) = Self::send_local(local, &request, bytes).await else {
@@ -272,6 +281,36 @@ impl Kernel {
             active.last_activity = Instant::now();
         }
         Outcome::Waiting
+    }
+
+    /// Sends the commented copy of the cell that takes its count and history entry; it runs
+    /// while the plan goes on.
+    async fn send_history_step(&mut self, request: &Message, code: String) -> Option<LocalJob> {
+        let LocalState::Ready(local) = &self.local else {
+            return None;
+        };
+        let mut content: Value = request.content_as().unwrap_or_else(|_| json!({}));
+        content["code"] = json!(code);
+        content["store_history"] = json!(true);
+        content["silent"] = json!(false);
+        let bytes = parallax_wire::to_json_bytes(&content);
+        let local_msg_id = Self::send_local(local, request, bytes).await?;
+        self.routes.insert(local_msg_id.clone(), request);
+        Some(LocalJob {
+            local_msg_id,
+            expects_reply: true,
+            reply: None,
+            idle: false,
+            input_seen: false,
+        })
+    }
+
+    /// Whether the plan was waiting only for its history step, which is now done.
+    pub(super) fn history_done_while_awaited(&self) -> bool {
+        self.active
+            .as_ref()
+            .and_then(|a| a.plan.as_ref())
+            .is_some_and(|p| p.awaiting_history && p.history.as_ref().is_some_and(LocalJob::done))
     }
 
     /// A local step has replied and gone idle: carry on with the plan.
