@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::process::{runtime, stop_signal};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use parallax_launcher::StartOptions;
@@ -77,27 +78,6 @@ pub struct EngineArgs {
     /// The id to reclaim (an engine process started again after a crash).
     #[arg(long, value_name = "N")]
     id: Option<u32>,
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-/// Resolves when the process gets SIGTERM or SIGINT.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {

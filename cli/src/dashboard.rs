@@ -1,6 +1,7 @@
 //! `parallax dashboard`: the Clusters page, a web page to start, scale and stop clusters and
 //! watch their engines (the `parallax-dashboard` crate does the work).
 
+use crate::process::{runtime, stop_signal};
 use anyhow::Context;
 use clap::Args;
 
@@ -35,24 +36,7 @@ pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         exe: std::env::current_exe().context("cannot find the parallax binary")?,
         max_engines: args.max_engines,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     runtime.block_on(parallax_dashboard::serve(options, stop_signal()))?;
     Ok(())
-}
-
-/// Resolves when the process gets SIGTERM or SIGINT.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 mod cluster;
 mod dashboard;
 mod install;
+mod process;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -159,10 +160,7 @@ fn run_kernel(run: KernelRun) -> anyhow::Result<()> {
         local_kernel: run.local_kernel,
         profile,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(parallax_kernel::run(options))?;
+    process::runtime()?.block_on(parallax_kernel::run(options))?;
     Ok(())
 }
 

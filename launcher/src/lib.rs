@@ -120,27 +120,7 @@ pub async fn start_daemon(options: &StartOptions) -> Result<Vec<EngineInfo>, Lau
     }
     state::remove_files(profile);
     let log = supervise::supervisor_log(profile);
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|source| LaunchError::Spawn {
-                what: "supervisor".into(),
-                source,
-            })
-    };
-    let child = tokio::process::Command::new(&options.exe)
-        .args(options.supervisor_args())
-        .stdin(Stdio::null())
-        .stdout(open()?)
-        .stderr(open()?)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| LaunchError::Spawn {
-            what: "supervisor".into(),
-            source,
-        })?;
+    let child = spawn_logged(&options.exe, &options.supervisor_args(), &log, "supervisor")?;
     let supervisor = child.id().unwrap_or_default();
     // The supervisor outlives us; the runtime must not kill it when the handle drops.
     drop(child);
@@ -151,6 +131,34 @@ pub async fn start_daemon(options: &StartOptions) -> Result<Vec<EngineInfo>, Lau
             Err(error)
         }
     }
+}
+
+/// Starts `exe args` in its own process group, stdin closed, stdout and stderr appended to `log`.
+pub(crate) fn spawn_logged(
+    exe: &std::path::Path,
+    args: &[String],
+    log: &std::path::Path,
+    what: &str,
+) -> Result<tokio::process::Child, LaunchError> {
+    let error = |source| LaunchError::Spawn {
+        what: what.to_owned(),
+        source,
+    };
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(error)
+    };
+    tokio::process::Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(open()?)
+        .stderr(open()?)
+        .process_group(0)
+        .spawn()
+        .map_err(error)
 }
 
 /// Waits until `options.n` engines are registered and idle. With `supervisor`, fails as soon as

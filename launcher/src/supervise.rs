@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -247,27 +246,7 @@ impl Supervisor<'_> {
 
     /// Starts a child in its own process group, stderr and stdout appended to `log`.
     fn spawn(&self, role: Role, args: &[String], log: PathBuf) -> Result<u32, LaunchError> {
-        let open = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .map_err(|source| LaunchError::Spawn {
-                    what: format!("{role:?}"),
-                    source,
-                })
-        };
-        let mut child = tokio::process::Command::new(&self.options.exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(open()?)
-            .stderr(open()?)
-            .process_group(0)
-            .spawn()
-            .map_err(|source| LaunchError::Spawn {
-                what: format!("{role:?}"),
-                source,
-            })?;
+        let mut child = crate::spawn_logged(&self.options.exe, args, &log, &format!("{role:?}"))?;
         let pid = child.id().unwrap_or_default();
         let exits = self.exits.clone();
         tokio::spawn(async move {
