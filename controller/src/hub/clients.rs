@@ -241,16 +241,7 @@ impl Hub {
         engine.info.queue += 1;
         engine.settle_state();
 
-        let mut record = new_record(&message, Some(engine_id));
-        record.status = "pending".into();
-        let code = message
-            .content_as::<Code>()
-            .map(|c| c.code)
-            .unwrap_or_default();
-        self.db.send(Command::Insert(Box::new(NewTask {
-            record,
-            code: truncate(code, RESULT_LIMIT),
-        })));
+        self.insert_task(new_record(&message, Some(engine_id)), &message);
         let mut request = message;
         request.buffers.clear();
         self.tasks.insert(
@@ -296,15 +287,20 @@ impl Hub {
             record.completed = Some(now.clone());
             record.received = Some(now);
             record.error = Some(error_fields(&content));
-            let code = request
-                .content_as::<Code>()
-                .map(|c| c.code)
-                .unwrap_or_default();
-            self.db.send(Command::Insert(Box::new(NewTask {
-                record,
-                code: truncate(code, RESULT_LIMIT),
-            })));
+            self.insert_task(record, &request);
         }
+    }
+
+    /// Records a task in the database, with the code of its request.
+    fn insert_task(&self, record: TaskRecord, request: &Message) {
+        let code = request
+            .content_as::<Code>()
+            .map(|c| c.code)
+            .unwrap_or_default();
+        self.db.send(Command::Insert(Box::new(NewTask {
+            record,
+            code: truncate(code, RESULT_LIMIT),
+        })));
     }
 }
 
