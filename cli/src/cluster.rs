@@ -62,6 +62,9 @@ pub struct ControllerArgs {
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
     ip: String,
+    /// The largest apply result (bytes) kept in the task database for later `get_result`.
+    #[arg(long, default_value_t = parallax_controller::DEFAULT_RESULT_LIMIT, value_name = "BYTES")]
+    result_limit: usize,
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +87,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let options = parallax_controller::ControllerOptions {
         profile: Profile::named(&args.profile)?,
         ip: args.ip,
+        result_limit: args.result_limit,
     };
     runtime()?.block_on(parallax_controller::run(options, stop_signal()))?;
     Ok(())

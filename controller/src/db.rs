@@ -17,7 +17,12 @@
 //! earlier controller are marked failed when a new one opens the file.
 //!
 //! Sizes are bounded by the hub before anything is sent here: at most [`STREAM_LIMIT`] bytes of
-//! each stream and [`RESULT_LIMIT`] bytes of a result or error; binary buffers are never stored.
+//! each stream and [`RESULT_LIMIT`] bytes of a result or error. An `apply` result's binary
+//! buffers are kept when they add up to at most the controller's result limit (so a client
+//! that connects later can still get the value); larger ones are recorded by size only.
+//!
+//! Queries (`query_request`) and purges are answered here too, after a commit of everything
+//! pending; the query language is in [`crate::query`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,6 +30,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parallax_wire::cluster::{EngineId, EngineInfo, EngineState, TaskRecord, ENGINE_ERROR};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -67,6 +73,10 @@ pub(crate) enum Change {
     Error(Value),
     /// The execute_result's data.
     Result(Value),
+    /// A load-balanced task was given to an engine (again, after a retry).
+    Assigned(EngineId),
+    /// An apply result's buffers: kept (`Some`) when small enough, and their total size.
+    Buffers { kept: Option<Vec<Bytes>>, size: u64 },
     /// The reply arrived.
     Finished {
         status: String,
@@ -91,11 +101,29 @@ pub(crate) enum Command {
     },
     /// Insert or replace an engine's row.
     Engine(Box<EngineInfo>),
-    /// Read a task; the answer is `Err` with a message when the query failed.
+    /// Read a task and its kept result buffers; the answer is `Err` with a message when the
+    /// query failed.
     Get {
         msg_id: String,
-        reply: oneshot::Sender<Result<Option<TaskRecord>, String>>,
+        reply: oneshot::Sender<Result<Option<StoredTask>, String>>,
     },
+    /// The records a query selects, with the columns `keys` names (all when `None`).
+    Query {
+        query: crate::query::Query,
+        reply: oneshot::Sender<Result<Vec<Value>, String>>,
+    },
+    /// Delete finished tasks (those of `msg_ids`, or all); answers how many went.
+    Purge {
+        msg_ids: Option<Vec<String>>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+}
+
+/// A task as read back: its record and its result's buffers, when they were kept.
+#[derive(Debug)]
+pub(crate) struct StoredTask {
+    pub record: TaskRecord,
+    pub buffers: Vec<Bytes>,
 }
 
 /// The hub's handle on the database thread.
@@ -154,7 +182,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     stderr    TEXT NOT NULL DEFAULT '',
     error     TEXT,
     result    TEXT,
-    code      TEXT
+    code      TEXT,
+    result_buffers BLOB,
+    result_bytes   INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_client ON tasks (client);
 CREATE TABLE IF NOT EXISTS engines (
@@ -170,7 +200,7 @@ CREATE TABLE IF NOT EXISTS engines (
     tasks_done     INTEGER NOT NULL,
     queue          INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -183,6 +213,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     }
     connection.execute_batch("PRAGMA synchronous = NORMAL;")?;
     connection.execute_batch(SCHEMA)?;
+    add_missing_columns(&connection)?;
     // What an earlier controller left: its engines are gone, its pending tasks never finish.
     connection.execute("DELETE FROM engines", [])?;
     let stale = connection.execute(
@@ -201,6 +232,20 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
         );
     }
     Ok(connection)
+}
+
+/// Brings a `tasks` table made by an older controller up to date.
+fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare("SELECT name FROM pragma_table_info('tasks')")?;
+    let columns: Vec<String> = statement
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in [("result_buffers", "BLOB"), ("result_bytes", "INTEGER")] {
+        if !columns.iter().any(|c| c == column) {
+            connection.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Stream text waiting to be appended to one task's row.
@@ -278,6 +323,16 @@ impl Writer {
             Command::Get { msg_id, reply } => {
                 self.flush(true);
                 let _ = reply.send(read_task(&self.connection, &msg_id).map_err(|e| e.to_string()));
+                return;
+            }
+            Command::Query { query, reply } => {
+                self.flush(true);
+                let _ = reply.send(query.run(&self.connection).map_err(|e| e.to_string()));
+                return;
+            }
+            Command::Purge { msg_ids, reply } => {
+                self.flush(true);
+                let _ = reply.send(purge(&self.connection, msg_ids).map_err(|e| e.to_string()));
                 return;
             }
             Command::Stream {
@@ -410,6 +465,14 @@ fn apply(db: &Connection, command: Command) -> rusqlite::Result<()> {
                     "UPDATE tasks SET result = ?2 WHERE msg_id = ?1",
                     params![msg_id, result.to_string()],
                 )?,
+                Change::Assigned(engine) => db.execute(
+                    "UPDATE tasks SET engine = ?2 WHERE msg_id = ?1",
+                    params![msg_id, engine],
+                )?,
+                Change::Buffers { kept, size } => db.execute(
+                    "UPDATE tasks SET result_buffers = ?2, result_bytes = ?3 WHERE msg_id = ?1",
+                    params![msg_id, kept.map(|b| pack_buffers(&b)), size],
+                )?,
                 Change::Finished {
                     status,
                     completed,
@@ -421,7 +484,11 @@ fn apply(db: &Connection, command: Command) -> rusqlite::Result<()> {
             };
         }
         // Not batched as changes (see `Writer::take`).
-        Command::Stream { .. } | Command::Engine(_) | Command::Get { .. } => {}
+        Command::Stream { .. }
+        | Command::Engine(_)
+        | Command::Get { .. }
+        | Command::Query { .. }
+        | Command::Purge { .. } => {}
     }
     Ok(())
 }
@@ -457,7 +524,7 @@ fn write_engine(db: &Connection, e: &EngineInfo) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn parse_json(column: Option<String>) -> Option<Value> {
+pub(crate) fn parse_json(column: Option<String>) -> Option<Value> {
     let text = column?;
     match serde_json::from_str(&text) {
         Ok(value) => Some(value),
@@ -466,14 +533,64 @@ fn parse_json(column: Option<String>) -> Option<Value> {
     }
 }
 
-fn read_task(db: &Connection, msg_id: &str) -> rusqlite::Result<Option<TaskRecord>> {
+/// Deletes finished tasks: those named, or all.
+fn purge(db: &Connection, msg_ids: Option<Vec<String>>) -> rusqlite::Result<usize> {
+    match msg_ids {
+        None => db.execute("DELETE FROM tasks WHERE status != 'pending'", []),
+        Some(ids) => {
+            let mut purged = 0;
+            for id in ids {
+                purged += db.execute(
+                    "DELETE FROM tasks WHERE msg_id = ?1 AND status != 'pending'",
+                    params![id],
+                )?;
+            }
+            Ok(purged)
+        }
+    }
+}
+
+/// Buffers as one blob: each as its length (u64, little-endian) then its bytes.
+fn pack_buffers(buffers: &[Bytes]) -> Vec<u8> {
+    let total: usize = buffers.iter().map(|b| b.len() + 8).sum();
+    let mut blob = Vec::with_capacity(total);
+    for buffer in buffers {
+        blob.extend_from_slice(&(buffer.len() as u64).to_le_bytes());
+        blob.extend_from_slice(buffer);
+    }
+    blob
+}
+
+/// The buffers of a blob made by [`pack_buffers`]; a damaged blob yields what it holds whole.
+fn unpack_buffers(blob: &[u8]) -> Vec<Bytes> {
+    let mut buffers = Vec::new();
+    let mut rest = blob;
+    while rest.len() >= 8 {
+        let (length, tail) = rest.split_at(8);
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(length);
+        let Ok(length) = usize::try_from(u64::from_le_bytes(bytes)) else {
+            break;
+        };
+        if length > tail.len() {
+            break;
+        }
+        let (buffer, after) = tail.split_at(length);
+        buffers.push(Bytes::copy_from_slice(buffer));
+        rest = after;
+    }
+    buffers
+}
+
+fn read_task(db: &Connection, msg_id: &str) -> rusqlite::Result<Option<StoredTask>> {
     db.query_row(
         "SELECT msg_id, client, engine, msg_type, status, submitted, started, completed,
-                received, stdout, stderr, error, result
+                received, stdout, stderr, error, result, result_buffers
          FROM tasks WHERE msg_id = ?1",
         params![msg_id],
         |row| {
-            Ok(TaskRecord {
+            let blob: Option<Vec<u8>> = row.get(13)?;
+            let record = TaskRecord {
                 msg_id: row.get(0)?,
                 client: row.get(1)?,
                 engine: row.get(2)?,
@@ -487,6 +604,10 @@ fn read_task(db: &Connection, msg_id: &str) -> rusqlite::Result<Option<TaskRecor
                 stderr: row.get(10)?,
                 error: parse_json(row.get(11)?),
                 result: parse_json(row.get(12)?),
+            };
+            Ok(StoredTask {
+                record,
+                buffers: blob.as_deref().map(unpack_buffers).unwrap_or_default(),
             })
         },
     )
@@ -550,7 +671,10 @@ mod tests {
             msg_id: msg_id.into(),
             reply: tx,
         });
-        rx.blocking_recv().expect("answered").expect("query")
+        rx.blocking_recv()
+            .expect("answered")
+            .expect("query")
+            .map(|task| task.record)
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! - `hub`: the task that owns the state (engines, requests in flight, clients) and handles
 //!   every message; `hub::clients` and `hub::engines` hold the two sides' handlers.
 //! - `registry`: the engine table and the rules for engine ids.
-//! - `db`: the task database, written by its own thread in batches.
+//! - `scheduler`: the load-balanced queue and the choice of engine (no I/O).
+//! - `db`: the task database, written by its own thread in batches; `query`: `db_query`'s
+//!   query language, as SQL.
 //! - `files`: `security/controller-{client,engine}.json` and the addresses they advertise.
 
 use std::future::Future;
@@ -28,7 +30,9 @@ use parallax_wire::Session;
 mod db;
 mod files;
 mod hub;
+mod query;
 mod registry;
+mod scheduler;
 
 pub use db::DbError;
 
@@ -40,7 +44,13 @@ pub struct ControllerOptions {
     /// The address both ROUTERs bind to, on OS-chosen ports: `127.0.0.1` unless engines on
     /// other hosts must reach the controller (`0.0.0.0`, or one interface's address).
     pub ip: String,
+    /// The largest `apply` result, in bytes of its buffers, kept in the task database for
+    /// clients that ask later (`get_result`); larger ones are recorded by size.
+    pub result_limit: usize,
 }
+
+/// The default [`ControllerOptions::result_limit`]: 1 MiB.
+pub const DEFAULT_RESULT_LIMIT: usize = 1 << 20;
 
 impl ControllerOptions {
     /// Options for `profile`, listening on 127.0.0.1.
@@ -48,6 +58,7 @@ impl ControllerOptions {
         ControllerOptions {
             profile,
             ip: "127.0.0.1".into(),
+            result_limit: DEFAULT_RESULT_LIMIT,
         }
     }
 }
@@ -91,6 +102,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ControllerError> {
     let profile = options.profile;
+    let result_limit = options.result_limit;
     profile.create()?;
     let check = profile.clone();
     tokio::task::spawn_blocking(move || files::check_not_running(&check)).await??;
@@ -142,7 +154,7 @@ pub async fn run(
         engines_in,
         engine_stats,
     };
-    let db = hub::Hub::new(profile.name().to_owned(), links, db)
+    let db = hub::Hub::new(profile.name().to_owned(), links, db, result_limit)
         .run(shutdown)
         .await;
     db.close().await;

@@ -24,6 +24,9 @@ pub(crate) struct Engine {
     pub info: EngineInfo,
     /// The ROUTER identities that reach the engine.
     pub route: Vec<Bytes>,
+    /// The identities that reach the engine support inside its kernel (`apply_request`s go
+    /// there), once it has attached.
+    pub support: Option<Vec<Bytes>>,
     /// When its last heartbeat (or registration) arrived.
     pub last_seen: Instant,
     /// When its row was last written to the task database.
@@ -58,6 +61,7 @@ impl Engine {
 pub(crate) struct Registry {
     engines: BTreeMap<EngineId, Engine>,
     by_route: HashMap<Vec<Bytes>, EngineId>,
+    by_support: HashMap<Vec<Bytes>, EngineId>,
 }
 
 impl Registry {
@@ -114,6 +118,11 @@ impl Registry {
             if self.by_route.get(&old.route) == Some(&id) {
                 self.by_route.remove(&old.route);
             }
+            if let Some(support) = &old.support {
+                if self.by_support.get(support) == Some(&id) {
+                    self.by_support.remove(support);
+                }
+            }
         }
         // A slot the same route held before is left behind: the hub has declared it dead.
         self.by_route.insert(route.clone(), id);
@@ -132,6 +141,7 @@ impl Registry {
                 queue,
             },
             route,
+            support: None,
             last_seen: now,
             last_written: None,
         };
@@ -145,9 +155,38 @@ impl Registry {
         }
     }
 
-    /// The engine reached by `route`, if it is registered.
+    /// The engine reached by `route` (its engine process or its kernel's support), if it is
+    /// registered.
     pub fn id_of(&self, route: &[Bytes]) -> Option<EngineId> {
-        self.by_route.get(route).copied()
+        self.by_route
+            .get(route)
+            .or_else(|| self.by_support.get(route))
+            .copied()
+    }
+
+    /// The live engine registered under `uuid`, if any.
+    pub fn by_uuid(&self, uuid: &str) -> Option<EngineId> {
+        self.engines
+            .values()
+            .rev()
+            .find(|e| e.info.uuid == uuid && e.is_live())
+            .map(|e| e.info.id)
+    }
+
+    /// Engine `id`'s support is reached by `route` from now on (`None`: it has none).
+    pub fn set_support(&mut self, id: EngineId, route: Option<Vec<Bytes>>) {
+        let Some(engine) = self.engines.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = engine.support.take() {
+            if self.by_support.get(&old) == Some(&id) {
+                self.by_support.remove(&old);
+            }
+        }
+        if let Some(route) = &route {
+            self.by_support.insert(route.clone(), id);
+        }
+        engine.support = route;
     }
 
     pub fn get(&self, id: EngineId) -> Option<&Engine> {

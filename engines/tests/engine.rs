@@ -148,7 +148,8 @@ impl Controller {
         EngineOptions::new(&self.file)
     }
 
-    /// The next message from the engine, heartbeats answered and skipped.
+    /// The next message from the engine, heartbeats and the support's attachment answered and
+    /// skipped.
     async fn next(&mut self, within: Duration) -> Message {
         let deadline = Instant::now() + within;
         loop {
@@ -159,6 +160,16 @@ impl Controller {
             .await
             .expect("the engine said nothing in time")
             .expect("controller inbox closed");
+            // The engine support in a Python kernel attaches on its own link.
+            if message.msg_type() == "attach_request" {
+                let reply = self.session.reply(
+                    &message,
+                    "attach_reply",
+                    &serde_json::json!({"status": "ok"}),
+                );
+                self.outbox.send(reply).await.expect("send");
+                continue;
+            }
             if let Some(identity) = message.identities.first() {
                 self.engine = Some(identity.clone());
             }

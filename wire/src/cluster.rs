@@ -20,6 +20,20 @@
 //! | controller | `interrupt_request` | [`InterruptRequest`]: interrupt the kernel; answered `interrupt_reply` |
 //! | controller | `shutdown_request` | `{}`: stop the kernel and exit; answered `shutdown_reply` |
 //!
+//! # Support link (the engine support inside a Python kernel → controller's engine ROUTER)
+//!
+//! The engine process starts `parallax.engine` in its kernel before registering; it holds its
+//! own DEALER, so `apply_request`s reach the kernel process with one relay (the controller)
+//! instead of two, and skip the kernel's shell.
+//!
+//! | from | msg_type | content |
+//! | --- | --- | --- |
+//! | support | `attach_request` | [`AttachRequest`]: the engine's uuid; answered `attach_reply` `{status}` |
+//! | controller | `apply_request` | the client's request as sent (header, metadata, buffers) |
+//! | support | `stream` | `{name, text}`: what the task printed, parented to the request |
+//! | support | `apply_reply` | metadata `{status, started, completed}`; buffers: the pickled result |
+//! | controller | `abort_request` | [`AbortRequest`]: drop these tasks if they have not started |
+//!
 //! # Client link (client → controller's client ROUTER)
 //!
 //! | request | reply content |
@@ -29,7 +43,19 @@
 //! | `queue_request` `{}` | [`QueueReply`] |
 //! | `task_request` [`TaskRequest`] | [`TaskReply`] |
 //! | `execute_request` (metadata [`Routing`]) | the engine's `execute_reply`, after its outputs |
+//! | `apply_request` (metadata [`ApplyRouting`], buffers: the pickled call) | `stream`s, then `apply_reply` |
+//! | `abort_request` [`AbortRequest`] | `abort_reply` `{status, aborted, forwarded}`; aborted tasks get `apply_reply` status `aborted` |
+//! | `query_request` [`QueryRequest`] | `query_reply` `{status, records}` |
+//! | `purge_request` [`PurgeRequest`] | `purge_reply` `{status, purged}` (finished tasks only) |
+//! | `task_request` [`TaskRequest`] | [`TaskReply`], with the result's buffers when they were kept |
 //! | `interrupt_request` [`Targets`] | `interrupt_reply` `{status, engines}` |
+//! | `shutdown_request` `{}` | `shutdown_reply`; then the controller stops its engines and exits |
+//!
+//! An `apply_request` names its engine (`{"engine": 0}`) or asks for load balancing
+//! (`{"balanced": true, "targets": [..] | null, "retries": 0, "timeout": null}`): the controller's
+//! scheduler picks the engine, resubmits the task elsewhere if that engine dies while retries
+//! last, and fails it with [`TASK_TIMEOUT`] if it waited unassigned longer than `timeout`
+//! seconds.
 //!
 //! Outputs and replies of an engine reach the client that sent the request, with the engine's id
 //! added to their metadata as `engine_id`. Notifications to every connected client:
@@ -50,6 +76,10 @@ pub const HEARTBEAT_TIMEOUT: f64 = 2.0;
 
 /// The ename of errors caused by an engine's death or absence.
 pub const ENGINE_ERROR: &str = "EngineError";
+/// The ename of a load-balanced task that waited for an engine longer than its timeout.
+pub const TASK_TIMEOUT: &str = "TaskTimeout";
+/// The ename of a task aborted before it started.
+pub const TASK_ABORTED: &str = "TaskAborted";
 
 /// An engine's state, as the hub sees it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +161,58 @@ pub struct KernelDied {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Routing {
     pub engine: EngineId,
+}
+
+/// Metadata of a client's `apply_request`: an engine, or load balancing with its options.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ApplyRouting {
+    #[serde(default)]
+    pub engine: Option<EngineId>,
+    #[serde(default)]
+    pub balanced: bool,
+    /// Engines a load-balanced task may run on (all when absent).
+    #[serde(default)]
+    pub targets: Option<Vec<EngineId>>,
+    /// How many times a load-balanced task is resubmitted when its engine dies.
+    #[serde(default)]
+    pub retries: u32,
+    /// Seconds a load-balanced task may wait for an engine.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+/// `attach_request`: the engine support of engine `uuid`'s kernel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub uuid: String,
+}
+
+/// `abort_request`: tasks to drop if they have not started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AbortRequest {
+    pub msg_ids: Vec<String>,
+}
+
+/// `query_request`: a query of the task database (see the controller's `query` module).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct QueryRequest {
+    #[serde(default = "empty_object")]
+    pub query: serde_json::Value,
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// `purge_request`: forget finished tasks, those named or `all`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct PurgeRequest {
+    #[serde(default)]
+    pub msg_ids: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
 }
 
 /// `interrupt_request` from a client: the engines to interrupt (all when absent), and the signal

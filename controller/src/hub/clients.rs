@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use parallax_wire::cluster::{
-    ConnectReply, EngineId, EngineState, EnginesReply, QueueReply, QueueStatus, Routing, Targets,
-    TaskRecord, TaskRequest, ENGINE_ERROR,
+    ConnectReply, EngineId, EngineState, EnginesReply, PurgeRequest, QueryRequest, QueueReply,
+    QueueStatus, Routing, Targets, TaskRecord, TaskRequest, ENGINE_ERROR,
 };
 use parallax_wire::{now_iso8601, Message};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use parallax_wire::replies::error_content;
 
 use super::{error_fields, execute_error, Captured, Hub, Task};
 use crate::db::{Command, NewTask, RESULT_LIMIT};
+use crate::query::Query;
 
 /// The ename of requests the controller cannot route (no or bad `engine` metadata, a msg_id
 /// already in flight).
@@ -42,7 +43,16 @@ impl Hub {
             "queue_request" => self.on_queue(&message).await,
             "task_request" => self.on_task_request(message),
             "execute_request" => self.on_execute(message).await,
+            "apply_request" => self.on_apply(message).await,
+            "abort_request" => self.on_abort(&message).await,
+            "query_request" => self.on_query(message),
+            "purge_request" => self.on_purge(message),
             "interrupt_request" => self.on_interrupt(&message).await,
+            "shutdown_request" => {
+                tracing::info!(client = %message.header().session, "a client asked for shutdown");
+                self.reply(&message, &json!({"status": "ok"})).await;
+                self.shutdown_requested = true;
+            }
             "stats_request" => {
                 let content = json!({
                     "status": "ok",
@@ -75,25 +85,30 @@ impl Hub {
         self.reply(&message, &reply).await;
     }
 
+    /// Per live engine: `queue` (direct requests outstanding), `tasks` (load-balanced ones),
+    /// `completed`; and the load-balanced tasks not assigned yet.
     async fn on_queue(&self, message: &Message) {
+        let mut balanced: BTreeMap<EngineId, u64> = BTreeMap::new();
+        for task in self.tasks.values().filter(|t| t.balanced.is_some()) {
+            *balanced.entry(task.engine).or_default() += 1;
+        }
         let engines = self
             .registry
             .iter()
             .filter(|e| e.is_live())
             .map(|e| {
+                let tasks = balanced.get(&e.info.id).copied().unwrap_or(0);
                 let status = QueueStatus {
-                    queue: e.info.queue,
+                    queue: e.info.queue.saturating_sub(tasks),
                     completed: e.info.tasks_done,
-                    // Load-balanced requests waiting for this engine: none until there is a
-                    // scheduler.
-                    tasks: 0,
+                    tasks,
                 };
                 (e.info.id.to_string(), status)
             })
             .collect::<BTreeMap<_, _>>();
         let reply = QueueReply {
             status: "ok".into(),
-            unassigned: 0,
+            unassigned: self.scheduler.unassigned() as u64,
             engines,
         };
         self.reply(message, &reply).await;
@@ -123,8 +138,12 @@ impl Hub {
         let session = self.session.clone();
         let out = self.clients_out.clone();
         tokio::spawn(async move {
+            let mut buffers = Vec::new();
             let content = match answered.await {
-                Ok(Ok(Some(task))) => json!({"status": "ok", "task": task}),
+                Ok(Ok(Some(stored))) => {
+                    buffers = stored.buffers;
+                    json!({"status": "ok", "task": stored.record})
+                }
                 Ok(Ok(None)) => json!({
                     "status": "error",
                     "ename": "KeyError",
@@ -141,8 +160,74 @@ impl Hub {
                     "evalue": "the task database is not running",
                 }),
             };
+            let mut reply = session.reply(&message, "task_reply", &content);
+            reply.buffers = buffers;
+            let _ = out.send(reply).await;
+        });
+    }
+
+    /// `query_request`: answered by a small task once the database thread has run the query.
+    fn on_query(&self, message: Message) {
+        let request = message
+            .content_as::<QueryRequest>()
+            .map_err(|error| format!("invalid query_request: {error}"))
+            .and_then(|request| {
+                Query::parse(&request.query, request.keys.as_deref()).map_err(|e| e.to_string())
+            });
+        let (answer, answered) = oneshot::channel();
+        match request {
+            Ok(query) => self.db.send(Command::Query {
+                query,
+                reply: answer,
+            }),
+            Err(evalue) => {
+                let _ = answer.send(Err(evalue));
+            }
+        }
+        self.answer_later(message, async move {
+            match answered.await {
+                Ok(Ok(records)) => json!({"status": "ok", "records": records}),
+                Ok(Err(evalue)) => error_content("QueryError", &evalue),
+                Err(_) => error_content("DatabaseError", "the task database is not running"),
+            }
+        });
+    }
+
+    /// `purge_request`: forgets finished tasks.
+    fn on_purge(&self, message: Message) {
+        let (answer, answered) = oneshot::channel();
+        match message.content_as::<PurgeRequest>() {
+            Ok(request) => self.db.send(Command::Purge {
+                msg_ids: (!request.all).then_some(request.msg_ids),
+                reply: answer,
+            }),
+            Err(error) => {
+                let _ = answer.send(Err(format!("invalid purge_request: {error}")));
+            }
+        }
+        self.answer_later(message, async move {
+            match answered.await {
+                Ok(Ok(purged)) => json!({"status": "ok", "purged": purged}),
+                Ok(Err(evalue)) => error_content("DatabaseError", &evalue),
+                Err(_) => error_content("DatabaseError", "the task database is not running"),
+            }
+        });
+    }
+
+    /// Replies to `request` with what `content` resolves to, from a task of its own (so the hub
+    /// does not wait for the database).
+    fn answer_later(
+        &self,
+        request: Message,
+        content: impl std::future::Future<Output = serde_json::Value> + Send + 'static,
+    ) {
+        let session = self.session.clone();
+        let out = self.clients_out.clone();
+        let reply_type = parallax_wire::replies::reply_type(request.msg_type());
+        tokio::spawn(async move {
+            let content = content.await;
             let _ = out
-                .send(session.reply(&message, "task_reply", &content))
+                .send(session.reply(&request, &reply_type, &content))
                 .await;
         });
     }
@@ -194,7 +279,7 @@ impl Hub {
     }
 
     /// Why engine `id` cannot take a request now, if it cannot.
-    fn unavailable(&self, id: EngineId) -> Option<String> {
+    pub(super) fn unavailable(&self, id: EngineId) -> Option<String> {
         match self.registry.get(id) {
             None => Some(format!(
                 "there is no engine {id} ({})",
@@ -240,6 +325,7 @@ impl Hub {
         forward.identities = engine.route.clone();
         engine.info.queue += 1;
         engine.settle_state();
+        self.scheduler.sent(engine_id);
 
         self.insert_task(new_record(&message, Some(engine_id)), &message);
         let mut request = message;
@@ -253,6 +339,7 @@ impl Hub {
                 stdout: Captured::default(),
                 stderr: Captured::default(),
                 failed: false,
+                balanced: None,
             },
         );
         self.next_seq += 1;
@@ -261,7 +348,7 @@ impl Hub {
     }
 
     /// Answers an execute request that cannot run, and records it failed.
-    async fn reject(
+    pub(super) async fn reject(
         &self,
         request: Message,
         engine: Option<EngineId>,
@@ -277,7 +364,11 @@ impl Hub {
         };
         let reply = self
             .session
-            .reply(&request, "execute_reply", &content)
+            .reply(
+                &request,
+                &parallax_wire::replies::reply_type(request.msg_type()),
+                &content,
+            )
             .with_metadata(&metadata);
         self.to_client(reply).await;
         if record {
@@ -292,7 +383,7 @@ impl Hub {
     }
 
     /// Records a task in the database, with the code of its request.
-    fn insert_task(&self, record: TaskRecord, request: &Message) {
+    pub(super) fn insert_task(&self, record: TaskRecord, request: &Message) {
         let code = request
             .content_as::<Code>()
             .map(|c| c.code)
@@ -305,7 +396,7 @@ impl Hub {
 }
 
 /// A task record for a request just received.
-fn new_record(request: &Message, engine: Option<EngineId>) -> TaskRecord {
+pub(super) fn new_record(request: &Message, engine: Option<EngineId>) -> TaskRecord {
     TaskRecord {
         msg_id: request.msg_id().to_owned(),
         client: request.header().session.clone(),

@@ -20,8 +20,10 @@ use crate::db::{bounded, Change, Command, TaskDb, STREAM_LIMIT};
 
 impl Hub {
     pub(super) async fn on_engine(&mut self, message: Message) {
-        if message.msg_type() == "register_request" {
-            return self.on_register(message).await;
+        match message.msg_type() {
+            "register_request" => return self.on_register(message).await,
+            "attach_request" => return self.on_attach(message).await,
+            _ => {}
         }
         let Some(id) = self.registry.id_of(&message.identities) else {
             tracing::debug!(
@@ -39,7 +41,7 @@ impl Hub {
                         .await;
                 }
             }
-            "execute_reply" => self.on_execute_reply(id, message).await,
+            "execute_reply" | "apply_reply" => self.on_reply(id, message).await,
             "interrupt_reply" | "shutdown_reply" => {
                 tracing::debug!(id, msg_type = message.msg_type(), "engine answered");
             }
@@ -87,6 +89,9 @@ impl Hub {
             now_iso8601(),
         );
         let info = engine.info.clone();
+        let support = self.attached.get(&request.uuid).cloned();
+        self.registry.set_support(id, support);
+        self.open_if_serving(id);
         let reply = self.session.reply(
             &message,
             "register_reply",
@@ -103,6 +108,7 @@ impl Hub {
             "engine registered"
         );
         self.notify("engine_registered", &info).await;
+        self.dispatch().await;
     }
 
     async fn refuse_registration(&self, request: &Message, evalue: &str) {
@@ -189,13 +195,34 @@ impl Hub {
         self.to_client(message).await;
     }
 
-    async fn on_execute_reply(&mut self, id: EngineId, mut message: Message) {
+    /// An `execute_reply` (from the engine process) or `apply_reply` (from its kernel's
+    /// support): the request is done.
+    async fn on_reply(&mut self, id: EngineId, mut message: Message) {
         let Some(msg_id) = self.task_of(id, &message) else {
             return;
         };
         let Some(task) = self.tasks.remove(&msg_id) else {
             return;
         };
+        let times: Times = message.metadata_as().unwrap_or_default();
+        if let Some(started) = &times.started {
+            self.db.send(Command::Update {
+                msg_id: msg_id.clone(),
+                change: Change::Started(started.clone()),
+            });
+        }
+        self.scheduler.answered(id, times.run());
+        if message.msg_type() == "apply_reply" {
+            let size: usize = message.buffers.iter().map(|b| b.len()).sum();
+            let kept = (size <= self.result_limit).then(|| message.buffers.clone());
+            self.db.send(Command::Update {
+                msg_id: msg_id.clone(),
+                change: Change::Buffers {
+                    kept,
+                    size: size as u64,
+                },
+            });
+        }
         let content: Value = message.content_as().unwrap_or_default();
         let status = content
             .get("status")
@@ -229,6 +256,26 @@ impl Hub {
         message.identities = task.request.identities;
         message.metadata = with_engine_id(&message.metadata, id);
         self.to_client(message).await;
+        self.dispatch().await;
+    }
+}
+
+/// When a task ran, as its engine reports in the reply's metadata (apply replies).
+#[derive(Deserialize, Default)]
+struct Times {
+    #[serde(default)]
+    started: Option<String>,
+    #[serde(default)]
+    completed: Option<String>,
+}
+
+impl Times {
+    /// How long the task ran, when both times are there and readable.
+    fn run(&self) -> Option<std::time::Duration> {
+        let parse =
+            |text: &Option<String>| chrono::DateTime::parse_from_rfc3339(text.as_deref()?).ok();
+        let (started, completed) = (parse(&self.started)?, parse(&self.completed)?);
+        (completed - started).to_std().ok()
     }
 }
 

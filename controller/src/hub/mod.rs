@@ -6,6 +6,8 @@
 //! answered by a small task that waits for the database thread's answer.
 //!
 //! - [`clients`]: requests from clients, and routing `execute_request` to its engine.
+//! - [`apply`]: `apply_request`s, direct or load-balanced, to the engine support in the
+//!   engines' kernels; aborts, timeouts, retries.
 //! - [`engines`]: registration, heartbeats, kernel deaths, and relaying an engine's outputs and
 //!   replies to the client that sent the request.
 
@@ -16,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parallax_net::{Inbox, LinkStats, Outbox};
-use parallax_wire::cluster::{
-    died_while_running, EngineDied, EngineId, EngineState, ENGINE_ERROR, HEARTBEAT_TIMEOUT,
-};
+use parallax_wire::cluster::{EngineDied, EngineId, EngineState, ENGINE_ERROR, HEARTBEAT_TIMEOUT};
 use parallax_wire::replies::{error_content, reply_type};
 use parallax_wire::{now_iso8601, to_json_bytes, Message, Session};
 use serde::Serialize;
@@ -26,7 +26,9 @@ use serde_json::{json, Value};
 
 use crate::db::{Change, Command, TaskDb};
 use crate::registry::Registry;
+use crate::scheduler::{Constraints, Scheduler};
 
+mod apply;
 mod clients;
 mod engines;
 
@@ -68,6 +70,8 @@ struct Task {
     stderr: Captured,
     /// An error has been recorded for it.
     failed: bool,
+    /// A load-balanced task: how it may be placed again if its engine dies.
+    balanced: Option<Constraints>,
 }
 
 /// The hub's state. See the module doc.
@@ -81,12 +85,19 @@ pub(crate) struct Hub {
     engines_in: Inbox,
     engine_stats: Arc<LinkStats>,
     registry: Registry,
+    scheduler: Scheduler,
+    /// Engine support routes by engine uuid, as they attached (possibly before registering).
+    attached: HashMap<String, Vec<Bytes>>,
+    /// The largest apply result (sum of its buffers) kept in the task database, in bytes.
+    result_limit: usize,
     tasks: HashMap<String, Task>,
     next_seq: u64,
     /// Routes of the clients that sent `connect_request`: they get notifications.
     clients: Vec<Vec<Bytes>>,
     db: TaskDb,
     stopping: bool,
+    /// A client asked the controller to shut down.
+    shutdown_requested: bool,
 }
 
 /// What woke the hub up.
@@ -94,11 +105,13 @@ enum Event {
     Client(Message),
     Engine(Message),
     Check,
+    /// A queued load-balanced task's timeout is due.
+    Deadline,
     Shutdown,
 }
 
 impl Hub {
-    pub fn new(profile: String, links: Links, db: TaskDb) -> Self {
+    pub fn new(profile: String, links: Links, db: TaskDb, result_limit: usize) -> Self {
         Hub {
             profile,
             session: links.session,
@@ -109,11 +122,15 @@ impl Hub {
             engines_in: links.engines_in,
             engine_stats: links.engine_stats,
             registry: Registry::default(),
+            scheduler: Scheduler::default(),
+            attached: HashMap::new(),
+            result_limit,
             tasks: HashMap::new(),
             next_seq: 0,
             clients: Vec::new(),
             db,
             stopping: false,
+            shutdown_requested: false,
         }
     }
 
@@ -123,17 +140,20 @@ impl Hub {
         tokio::pin!(shutdown);
         let mut check = tokio::time::interval(HEARTBEAT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        while !self.shutdown_requested {
+            let deadline = self.scheduler.next_deadline();
             let event = tokio::select! {
                 () = &mut shutdown => Event::Shutdown,
                 Some(message) = self.engines_in.recv() => Event::Engine(message),
                 Some(message) = self.clients_in.recv() => Event::Client(message),
                 _ = check.tick() => Event::Check,
+                () = sleep_until(deadline) => Event::Deadline,
             };
             match event {
                 Event::Client(message) => self.on_client(message).await,
                 Event::Engine(message) => self.on_engine(message).await,
                 Event::Check => self.check_heartbeats().await,
+                Event::Deadline => self.expire_tasks().await,
                 Event::Shutdown => break,
             }
         }
@@ -224,11 +244,11 @@ impl Hub {
         } else {
             EngineState::Dead
         };
+        // A restarting engine answers its execute requests itself; apply requests ran in the
+        // kernel that died.
+        self.lose_tasks_of(id, !restarting).await;
         if !restarting {
-            self.fail_in_flight(id).await;
-            if let Some(engine) = self.registry.get_mut(id) {
-                engine.info.queue = 0;
-            }
+            self.registry.set_support(id, None);
         }
         self.save_engine(id);
         tracing::info!(id, %reason, restarting, "engine lost");
@@ -243,20 +263,6 @@ impl Hub {
         .await;
     }
 
-    /// Fails every request in flight on engine `id`, oldest first.
-    async fn fail_in_flight(&mut self, id: EngineId) {
-        let mut in_flight: Vec<(u64, String)> = self
-            .tasks
-            .iter()
-            .filter(|(_, task)| task.engine == id)
-            .map(|(msg_id, task)| (task.seq, msg_id.clone()))
-            .collect();
-        in_flight.sort();
-        for (_, msg_id) in in_flight {
-            self.fail_task(&msg_id, died_while_running).await;
-        }
-    }
-
     /// Answers a request in flight with an `EngineError` (text from `evalue(engine id)`) and
     /// records it failed.
     async fn fail_task(&mut self, msg_id: &str, evalue: impl Fn(EngineId) -> String) {
@@ -267,7 +273,11 @@ impl Hub {
         let content = execute_error(ENGINE_ERROR, &evalue);
         let reply = self
             .session
-            .reply(&task.request, "execute_reply", &content)
+            .reply(
+                &task.request,
+                &reply_type(task.request.msg_type()),
+                &content,
+            )
             .with_metadata(&json!({"engine_id": task.engine, "status": "error"}));
         self.to_client(reply).await;
         let now = now_iso8601();
@@ -337,6 +347,14 @@ impl Hub {
         if self.engines_out.send(message).await.is_err() {
             tracing::error!("the engine socket task has stopped");
         }
+    }
+}
+
+/// Waits until `deadline`; without one, never resolves.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+use super::support::{self, Attach};
 use super::EngineError;
 use crate::client::KernelClient;
 use crate::kernelspec::KernelSpec;
@@ -69,8 +70,9 @@ pub(super) fn forwards_fd_output(spec: &KernelSpec) -> bool {
 
 impl EngineKernel {
     /// Launches `spec` and waits until it can run code: it has answered `kernel_info_request` and
-    /// its iopub is subscribed.
-    pub(super) async fn start(spec: KernelSpec) -> Result<Self, EngineError> {
+    /// its iopub is subscribed. A Python kernel then gets the engine support (see
+    /// [`support`]), attached under `attach`; a kernel that cannot take it still serves.
+    pub(super) async fn start(spec: KernelSpec, attach: Attach) -> Result<Self, EngineError> {
         let kernel = spec.name.clone();
         let capture_output = !forwards_fd_output(&spec);
         let options = LaunchOptions {
@@ -96,10 +98,19 @@ impl EngineKernel {
                     KernelClient::connect(process.connection(), SOCKET_TIMEOUT, &label)
                         .await
                         .map_err(|e| e.to_string())?;
-                client
+                let info = client
                     .wait_ready(STARTUP_TIMEOUT)
                     .await
                     .map_err(|e| e.to_string())?;
+                if support::is_python(&info) {
+                    match support::install(&mut client, &attach).await {
+                        Ok(()) => tracing::info!("engine support attached"),
+                        Err(reason) => tracing::warn!(
+                            %reason,
+                            "no engine support in the kernel: apply requests will be refused"
+                        ),
+                    }
+                }
                 Ok::<_, String>(client)
             };
             let exited = process.exited();

@@ -47,6 +47,7 @@ use crate::launch::LaunchError;
 mod inflight;
 mod kernel;
 mod serve;
+mod support;
 
 /// How long the controller may take to accept our connection (it may be starting too).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -146,7 +147,13 @@ pub async fn run(
             source,
         })
     };
-    let startup = async { tokio::try_join!(connect, kernel::EngineKernel::start(spec)) };
+    let attach = support::Attach {
+        url: file.url.clone(),
+        key: file.key.clone(),
+        uuid: uuid.clone(),
+    };
+    let startup =
+        async { tokio::try_join!(connect, kernel::EngineKernel::start(spec, attach.clone())) };
     let ((link, inbox), kernel) = tokio::select! {
         ready = startup => ready?,
         // Dropping a half-started kernel kills its process group.
@@ -159,6 +166,7 @@ pub async fn run(
         outbox: link,
         inbox,
         uuid,
+        attach,
     };
     serve::Engine::new(options, link, kernel, started)
         .serve(shutdown)

@@ -28,6 +28,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::inflight::{InFlight, Reply};
 use super::kernel::{recv_chunk, Chunk, EngineKernel};
+use super::support::Attach;
 use super::{hostname, EngineError, EngineOptions, CONTROLLER_TIMEOUT, REGISTER_TIMEOUT};
 use crate::launch::Exit;
 
@@ -54,6 +55,8 @@ pub(super) struct Link {
     pub inbox: Inbox,
     /// Our routing identity, as registered.
     pub uuid: String,
+    /// How a new kernel's engine support reaches the controller.
+    pub attach: Attach,
 }
 
 enum KernelState {
@@ -548,8 +551,9 @@ impl Engine {
             }));
         }
         tracing::info!(kernel = %name, "starting a new kernel");
+        let attach = self.link.attach.clone();
         self.kernel = KernelState::Starting(tokio::spawn(async move {
-            EngineKernel::start(spec).await.map(Box::new)
+            EngineKernel::start(spec, attach).await.map(Box::new)
         }));
         None
     }

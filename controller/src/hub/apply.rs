@@ -1,0 +1,317 @@
+//! `apply_request`s: sent to the engine support inside an engine's kernel, directly (the
+//! request names its engine) or through the load-balanced [`Scheduler`]; and what happens to
+//! them when they are aborted, time out, or lose their engine.
+//!
+//! [`Scheduler`]: crate::scheduler::Scheduler
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use parallax_wire::cluster::{
+    died_while_running, AbortRequest, ApplyRouting, AttachRequest, EngineId, ENGINE_ERROR,
+    TASK_ABORTED, TASK_TIMEOUT,
+};
+use parallax_wire::replies::error_content;
+use parallax_wire::{now_iso8601, Message};
+use serde_json::json;
+
+use super::clients::{new_record, ROUTING_ERROR};
+use super::{error_fields, execute_error, Captured, Hub, Task};
+use crate::db::{Change, Command};
+use crate::scheduler::{Constraints, Queued};
+
+impl Hub {
+    /// The engine support of engine `uuid`'s kernel has connected: apply requests for that
+    /// engine go to it from now on.
+    pub(super) async fn on_attach(&mut self, message: Message) {
+        let content = match message.content_as::<AttachRequest>() {
+            Ok(attach) => {
+                tracing::info!(uuid = %attach.uuid, "engine support attached");
+                self.attached
+                    .insert(attach.uuid.clone(), message.identities.clone());
+                if let Some(id) = self.registry.by_uuid(&attach.uuid) {
+                    self.registry
+                        .set_support(id, Some(message.identities.clone()));
+                    self.open_if_serving(id);
+                }
+                json!({"status": "ok"})
+            }
+            Err(error) => error_content("ValueError", &format!("invalid attach_request: {error}")),
+        };
+        let reply = self.session.reply(&message, "attach_reply", &content);
+        self.to_engine(reply).await;
+        self.dispatch().await;
+    }
+
+    /// Lets the scheduler give engine `id` tasks if it serves and its kernel has the support.
+    pub(super) fn open_if_serving(&mut self, id: EngineId) {
+        match self.registry.get(id) {
+            Some(engine) if engine.is_serving() && engine.support.is_some() => {
+                self.scheduler.open(id)
+            }
+            _ => self.scheduler.close(id),
+        }
+    }
+
+    pub(super) async fn on_apply(&mut self, message: Message) {
+        let routing = match message.metadata_as::<ApplyRouting>() {
+            Ok(routing) => routing,
+            Err(error) => {
+                let evalue = format!("invalid apply_request metadata: {error}");
+                return self
+                    .reject(message, None, ROUTING_ERROR, &evalue, true)
+                    .await;
+            }
+        };
+        if self.tasks.contains_key(message.msg_id()) || self.scheduler.contains(message.msg_id()) {
+            let evalue = format!("a request with msg_id {} is in flight", message.msg_id());
+            return self
+                .reject(message, None, ROUTING_ERROR, &evalue, false)
+                .await;
+        }
+        match (routing.engine, routing.balanced) {
+            (Some(id), false) => self.apply_direct(id, message).await,
+            (None, true) => {
+                let constraints = Constraints {
+                    targets: routing.targets,
+                    retries_left: routing.retries,
+                    deadline: routing
+                        .timeout
+                        .filter(|t| t.is_finite() && *t >= 0.0)
+                        .map(|t| Instant::now() + Duration::from_secs_f64(t.min(1e9))),
+                    excluded: Vec::new(),
+                };
+                self.insert_task(new_record(&message, None), &message);
+                self.scheduler.submit(Queued {
+                    request: message,
+                    constraints,
+                });
+                self.fail_unrunnable().await;
+                self.dispatch().await;
+            }
+            _ => {
+                let evalue = "apply_request needs metadata {\"engine\": <id>} or \
+                              {\"balanced\": true}";
+                self.reject(message, None, ROUTING_ERROR, evalue, true)
+                    .await;
+            }
+        }
+    }
+
+    async fn apply_direct(&mut self, id: EngineId, message: Message) {
+        if let Some(problem) = self.unavailable(id).or_else(|| self.no_support(id)) {
+            return self
+                .reject(message, Some(id), ENGINE_ERROR, &problem, true)
+                .await;
+        }
+        self.insert_task(new_record(&message, Some(id)), &message);
+        self.scheduler.sent(id);
+        self.send_apply(id, message, None).await;
+    }
+
+    /// Why engine `id` cannot run apply requests, if it cannot.
+    fn no_support(&self, id: EngineId) -> Option<String> {
+        let engine = self.registry.get(id)?;
+        engine.support.is_none().then(|| {
+            format!(
+                "engine {id} cannot run apply requests: its kernel ({}) has no parallax engine \
+                 support (it needs a Python kernel that can import the parallax package; see the \
+                 engine's log)",
+                engine.info.kernel
+            )
+        })
+    }
+
+    /// Sends the tasks the scheduler can place now.
+    pub(super) async fn dispatch(&mut self) {
+        for (id, queued) in self.scheduler.assign() {
+            self.db.send(Command::Update {
+                msg_id: queued.request.msg_id().to_owned(),
+                change: Change::Assigned(id),
+            });
+            self.send_apply(id, queued.request, Some(queued.constraints))
+                .await;
+        }
+    }
+
+    /// Sends an apply request to engine `id`'s support and tracks it. A load-balanced task keeps
+    /// its buffers while it may be resubmitted elsewhere.
+    async fn send_apply(&mut self, id: EngineId, message: Message, balanced: Option<Constraints>) {
+        let Some(engine) = self.registry.get_mut(id) else {
+            return;
+        };
+        let Some(route) = engine.support.clone() else {
+            return;
+        };
+        engine.info.queue += 1;
+        engine.settle_state();
+        let mut forward = message.clone();
+        forward.identities = route;
+        let mut request = message;
+        if balanced.as_ref().is_none_or(|c| c.retries_left == 0) {
+            request.buffers.clear();
+        }
+        self.tasks.insert(
+            request.msg_id().to_owned(),
+            Task {
+                seq: self.next_seq,
+                request,
+                engine: id,
+                stdout: Captured::default(),
+                stderr: Captured::default(),
+                failed: false,
+                balanced,
+            },
+        );
+        self.next_seq += 1;
+        self.to_engine(forward).await;
+        self.save_engine(id);
+    }
+
+    /// Engine `id` is gone or restarting its kernel: its apply tasks died with the kernel (and,
+    /// when `everything`, so did its execute requests). Load-balanced tasks with retries left go
+    /// back to the queue; the others fail, oldest first.
+    pub(super) async fn lose_tasks_of(&mut self, id: EngineId, everything: bool) {
+        self.scheduler.close(id);
+        let mut lost: Vec<(u64, String)> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| {
+                task.engine == id && (everything || task.request.msg_type() == "apply_request")
+            })
+            .map(|(msg_id, task)| (task.seq, msg_id.clone()))
+            .collect();
+        lost.sort();
+        let mut retried = Vec::new();
+        for (_, msg_id) in lost {
+            let retry = self
+                .tasks
+                .get(&msg_id)
+                .and_then(|task| task.balanced.as_ref())
+                .is_some_and(|c| c.retries_left > 0);
+            if !retry {
+                self.fail_task(&msg_id, died_while_running).await;
+                continue;
+            }
+            let Some(task) = self.tasks.remove(&msg_id) else {
+                continue;
+            };
+            let Some(mut constraints) = task.balanced else {
+                continue;
+            };
+            constraints.retries_left -= 1;
+            constraints.excluded.push(id);
+            tracing::info!(%msg_id, engine = id, "resubmitting a task whose engine died");
+            retried.push(Queued {
+                request: task.request,
+                constraints,
+            });
+        }
+        // Back to the front, in their original order.
+        for queued in retried.into_iter().rev() {
+            self.scheduler.resubmit(queued);
+        }
+        if let Some(engine) = self.registry.get_mut(id) {
+            engine.info.queue = self.tasks.values().filter(|task| task.engine == id).count() as u64;
+        }
+        self.fail_unrunnable().await;
+        self.dispatch().await;
+    }
+
+    /// Fails queued tasks that name engines of which none is alive (or has not died running
+    /// them already).
+    async fn fail_unrunnable(&mut self) {
+        let registry = &self.registry;
+        let doomed = self.scheduler.take_where(|constraints| {
+            constraints.targets.as_ref().is_some_and(|targets| {
+                targets.iter().all(|&id| {
+                    constraints.excluded.contains(&id)
+                        || !registry.get(id).is_some_and(|e| e.is_live())
+                })
+            })
+        });
+        for queued in doomed {
+            let targets = queued.constraints.targets.clone().unwrap_or_default();
+            let evalue = format!("no engine this task may run on is alive (targets: {targets:?})");
+            self.finish_unsent(queued.request, ENGINE_ERROR, &evalue, "error")
+                .await;
+        }
+    }
+
+    /// Fails queued tasks whose timeout has passed.
+    pub(super) async fn expire_tasks(&mut self) {
+        for queued in self.scheduler.expired(Instant::now()) {
+            let evalue = "the task waited for an engine longer than its timeout";
+            self.finish_unsent(queued.request, TASK_TIMEOUT, evalue, "error")
+                .await;
+        }
+    }
+
+    /// Answers (and records) a load-balanced task that never reached an engine.
+    async fn finish_unsent(&mut self, request: Message, ename: &str, evalue: &str, status: &str) {
+        let mut content = execute_error(ename, evalue);
+        content["status"] = json!(status);
+        let reply = self
+            .session
+            .reply(&request, "apply_reply", &content)
+            .with_metadata(&json!({"status": status}));
+        self.to_client(reply).await;
+        let now = now_iso8601();
+        let msg_id = request.msg_id().to_owned();
+        self.db.send(Command::Update {
+            msg_id: msg_id.clone(),
+            change: Change::Error(error_fields(&content)),
+        });
+        self.db.send(Command::Update {
+            msg_id,
+            change: Change::Finished {
+                status: status.to_owned(),
+                completed: now.clone(),
+                received: now,
+            },
+        });
+    }
+
+    /// `abort_request`: tasks still queued here are answered `aborted` at once; those already
+    /// sent to an engine are passed on to its support, which drops them if they have not
+    /// started (and answers them `aborted` itself).
+    pub(super) async fn on_abort(&mut self, message: &Message) {
+        let request = match message.content_as::<AbortRequest>() {
+            Ok(request) => request,
+            Err(error) => {
+                let evalue = format!("invalid abort_request: {error}");
+                return self
+                    .reply(message, &error_content("ValueError", &evalue))
+                    .await;
+            }
+        };
+        let mut aborted = Vec::new();
+        let mut forwarded: BTreeMap<EngineId, Vec<String>> = BTreeMap::new();
+        for msg_id in request.msg_ids {
+            if let Some(queued) = self.scheduler.remove(&msg_id) {
+                let evalue = "the task was aborted before it started";
+                self.finish_unsent(queued.request, TASK_ABORTED, evalue, "aborted")
+                    .await;
+                aborted.push(msg_id);
+            } else if let Some(task) = self.tasks.get(&msg_id) {
+                if task.request.msg_type() == "apply_request" {
+                    forwarded.entry(task.engine).or_default().push(msg_id);
+                }
+            }
+        }
+        let mut passed_on = Vec::new();
+        for (id, msg_ids) in forwarded {
+            let Some(route) = self.registry.get(id).and_then(|e| e.support.clone()) else {
+                continue;
+            };
+            let mut abort = self
+                .session
+                .message("abort_request", &json!({ "msg_ids": msg_ids }));
+            abort.identities = route;
+            self.to_engine(abort).await;
+            passed_on.extend(msg_ids);
+        }
+        let content = json!({"status": "ok", "aborted": aborted, "forwarded": passed_on});
+        self.reply(message, &content).await;
+    }
+}

@@ -1,0 +1,316 @@
+//! The load-balanced scheduler: which engine runs each load-balanced task, and when.
+//!
+//! Pure bookkeeping, no I/O: the hub tells it which engines can take tasks, what it sends and
+//! what comes back, and asks it for assignments.
+//!
+//! - **Least outstanding work, ties to the least recently used**: a task goes to the engine with
+//!   the fewest requests outstanding (direct ones count too); among equals, to the one that was
+//!   given a task longest ago.
+//! - **Pipelining**: an engine may hold several tasks at once, so that it never waits a round
+//!   trip between two small ones. How many depends on how long its tasks take: up to
+//!   [`MAX_DEPTH`] for tasks of microseconds, down to one at a time for tasks of 100 ms or more,
+//!   so that a long task never holds up others that another engine could run.
+//! - **Retries**: a task whose engine died goes back to the front of the queue, never to that
+//!   engine again, while it has retries left.
+//! - **Timeouts**: a task that waited unassigned longer than its `timeout` leaves the queue (the
+//!   hub answers it with `TaskTimeout`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use parallax_wire::cluster::EngineId;
+use parallax_wire::Message;
+
+/// The most tasks in flight on one engine.
+pub(crate) const MAX_DEPTH: u32 = 64;
+/// How much work, in seconds of task run time, the pipeline of one engine aims to hold.
+const PIPELINE_WORK: f64 = 0.004;
+/// From this mean run time on, an engine gets one task at a time.
+const ONE_AT_A_TIME: f64 = 0.1;
+/// How many tasks an engine whose run times are unknown may hold.
+const FIRST_DEPTH: u32 = 2;
+/// Weight of the newest run time in an engine's mean.
+const MEAN_WEIGHT: f64 = 0.2;
+
+/// How a load-balanced task may be placed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Constraints {
+    /// The engines it may run on (all when `None`).
+    pub targets: Option<Vec<EngineId>>,
+    /// How many more times it may be resubmitted after its engine died.
+    pub retries_left: u32,
+    /// When it stops waiting for an engine.
+    pub deadline: Option<Instant>,
+    /// Engines that died while running it.
+    pub excluded: Vec<EngineId>,
+}
+
+impl Constraints {
+    fn allows(&self, id: EngineId) -> bool {
+        !self.excluded.contains(&id)
+            && self
+                .targets
+                .as_ref()
+                .is_none_or(|targets| targets.contains(&id))
+    }
+}
+
+/// A task waiting for an engine.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The client's request, buffers included.
+    pub request: Message,
+    pub constraints: Constraints,
+}
+
+/// What the scheduler knows of one engine.
+#[derive(Debug, Default)]
+struct Load {
+    /// Takes load-balanced tasks (serving, with engine support).
+    open: bool,
+    outstanding: u32,
+    /// When it was last given a task (in assignments made), for the LRU tie-break.
+    last_assigned: u64,
+    /// Mean run time of its tasks, in seconds.
+    mean_run: Option<f64>,
+}
+
+impl Load {
+    fn depth(&self) -> u32 {
+        match self.mean_run {
+            None => FIRST_DEPTH,
+            Some(mean) if mean >= ONE_AT_A_TIME => 1,
+            Some(mean) => {
+                let fits = (PIPELINE_WORK / mean.max(1e-6)).floor() as u32;
+                (2 + fits).min(MAX_DEPTH)
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.open && self.outstanding < self.depth()
+    }
+}
+
+/// The queue of unassigned load-balanced tasks and the engines' loads.
+#[derive(Debug, Default)]
+pub(crate) struct Scheduler {
+    queue: VecDeque<Queued>,
+    engines: BTreeMap<EngineId, Load>,
+    assignments: u64,
+}
+
+impl Scheduler {
+    /// Engine `id` can take load-balanced tasks (again).
+    pub fn open(&mut self, id: EngineId) {
+        self.engines.entry(id).or_default().open = true;
+    }
+
+    /// Engine `id` is gone: it takes nothing more and holds nothing.
+    pub fn close(&mut self, id: EngineId) {
+        let load = self.engines.entry(id).or_default();
+        load.open = false;
+        load.outstanding = 0;
+    }
+
+    /// A request (direct or load-balanced) was sent to engine `id`.
+    pub fn sent(&mut self, id: EngineId) {
+        self.engines.entry(id).or_default().outstanding += 1;
+    }
+
+    /// Engine `id` answered a request; `run` is how long the task ran there, when known.
+    pub fn answered(&mut self, id: EngineId, run: Option<Duration>) {
+        let load = self.engines.entry(id).or_default();
+        load.outstanding = load.outstanding.saturating_sub(1);
+        if let Some(run) = run {
+            let seconds = run.as_secs_f64();
+            load.mean_run = Some(match load.mean_run {
+                None => seconds,
+                Some(mean) => mean + MEAN_WEIGHT * (seconds - mean),
+            });
+        }
+    }
+
+    /// Adds a task at the end of the queue.
+    pub fn submit(&mut self, task: Queued) {
+        self.queue.push_back(task);
+    }
+
+    /// Puts a task whose engine died back at the front of the queue.
+    pub fn resubmit(&mut self, task: Queued) {
+        self.queue.push_front(task);
+    }
+
+    /// Tasks waiting for an engine.
+    pub fn unassigned(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Takes the queued task `msg_id` out of the queue, if it is there.
+    pub fn remove(&mut self, msg_id: &str) -> Option<Queued> {
+        let index = self
+            .queue
+            .iter()
+            .position(|task| task.request.msg_id() == msg_id)?;
+        self.queue.remove(index)
+    }
+
+    /// Whether task `msg_id` is queued.
+    pub fn contains(&self, msg_id: &str) -> bool {
+        self.queue
+            .iter()
+            .any(|task| task.request.msg_id() == msg_id)
+    }
+
+    /// Takes out the queued tasks whose constraints match `doomed`.
+    pub fn take_where(&mut self, doomed: impl Fn(&Constraints) -> bool) -> Vec<Queued> {
+        let (taken, kept): (Vec<Queued>, Vec<Queued>) = self
+            .queue
+            .drain(..)
+            .partition(|task| doomed(&task.constraints));
+        self.queue = kept.into();
+        taken
+    }
+
+    /// Takes out the tasks whose deadline has passed.
+    pub fn expired(&mut self, now: Instant) -> Vec<Queued> {
+        let (expired, kept): (Vec<Queued>, Vec<Queued>) = self
+            .queue
+            .drain(..)
+            .partition(|task| task.constraints.deadline.is_some_and(|at| at <= now));
+        self.queue = kept.into();
+        expired
+    }
+
+    /// The next deadline of a queued task.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.queue
+            .iter()
+            .filter_map(|task| task.constraints.deadline)
+            .min()
+    }
+
+    /// Assigns queued tasks to engines with room, in queue order (a task no open engine may
+    /// run waits without holding up the ones behind it). Each assignment counts as sent.
+    pub fn assign(&mut self) -> Vec<(EngineId, Queued)> {
+        let mut assigned = Vec::new();
+        let mut index = 0;
+        while index < self.queue.len() && self.engines.values().any(Load::has_room) {
+            match self.choose(&self.queue[index].constraints) {
+                Some(id) => {
+                    let Some(task) = self.queue.remove(index) else {
+                        break;
+                    };
+                    self.assignments += 1;
+                    let load = self.engines.entry(id).or_default();
+                    load.outstanding += 1;
+                    load.last_assigned = self.assignments;
+                    assigned.push((id, task));
+                }
+                None => index += 1,
+            }
+        }
+        assigned
+    }
+
+    fn choose(&self, constraints: &Constraints) -> Option<EngineId> {
+        self.engines
+            .iter()
+            .filter(|(&id, load)| load.has_room() && constraints.allows(id))
+            .min_by_key(|(_, load)| (load.outstanding, load.last_assigned))
+            .map(|(&id, _)| id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parallax_wire::Session;
+    use serde_json::json;
+
+    fn task(constraints: Constraints) -> Queued {
+        let session = Session::new(b"k", "test");
+        Queued {
+            request: session.message("apply_request", &json!({})),
+            constraints,
+        }
+    }
+
+    fn ids(assigned: &[(EngineId, Queued)]) -> Vec<EngineId> {
+        assigned.iter().map(|(id, _)| *id).collect()
+    }
+
+    #[test]
+    fn least_outstanding_then_least_recently_used() {
+        let mut scheduler = Scheduler::default();
+        scheduler.open(0);
+        scheduler.open(1);
+        scheduler.sent(0); // a direct request keeps engine 0 busier
+        for _ in 0..3 {
+            scheduler.submit(task(Constraints::default()));
+        }
+        // Depth 2 before run times are known: 1 gets two, 0 gets one more.
+        assert_eq!(ids(&scheduler.assign()), vec![1, 0, 1]);
+        assert_eq!(scheduler.unassigned(), 0);
+        scheduler.submit(task(Constraints::default()));
+        assert!(scheduler.assign().is_empty(), "every engine is full");
+        scheduler.answered(1, Some(Duration::from_millis(1)));
+        assert_eq!(ids(&scheduler.assign()), vec![1]);
+    }
+
+    #[test]
+    fn depth_follows_run_time() {
+        let mut load = Load {
+            open: true,
+            ..Load::default()
+        };
+        assert_eq!(load.depth(), FIRST_DEPTH);
+        load.mean_run = Some(0.5);
+        assert_eq!(load.depth(), 1);
+        load.mean_run = Some(0.002);
+        assert_eq!(load.depth(), 4);
+        load.mean_run = Some(0.000_001);
+        assert_eq!(load.depth(), MAX_DEPTH);
+    }
+
+    #[test]
+    fn targets_and_exclusions_are_respected_without_blocking_the_queue() {
+        let mut scheduler = Scheduler::default();
+        scheduler.open(0);
+        scheduler.open(1);
+        scheduler.submit(task(Constraints {
+            targets: Some(vec![5]),
+            ..Constraints::default()
+        }));
+        scheduler.submit(task(Constraints {
+            excluded: vec![0],
+            ..Constraints::default()
+        }));
+        scheduler.submit(task(Constraints {
+            targets: Some(vec![0]),
+            ..Constraints::default()
+        }));
+        assert_eq!(ids(&scheduler.assign()), vec![1, 0]);
+        assert_eq!(scheduler.unassigned(), 1, "the task for engine 5 waits");
+        let taken = scheduler.take_where(|c| c.targets.as_deref() == Some(&[5]));
+        assert_eq!(taken.len(), 1);
+    }
+
+    #[test]
+    fn expired_and_removed_tasks_leave_the_queue() {
+        let mut scheduler = Scheduler::default();
+        let now = Instant::now();
+        scheduler.submit(task(Constraints {
+            deadline: Some(now),
+            ..Constraints::default()
+        }));
+        let keep = task(Constraints::default());
+        let keep_id = keep.request.msg_id().to_owned();
+        scheduler.submit(keep);
+        assert_eq!(scheduler.next_deadline(), Some(now));
+        assert_eq!(scheduler.expired(now).len(), 1);
+        assert_eq!(scheduler.next_deadline(), None);
+        assert!(scheduler.remove(&keep_id).is_some());
+        assert_eq!(scheduler.unassigned(), 0);
+    }
+}
