@@ -7,6 +7,7 @@
 #   4. the parallax kernelspec installed into .venv (`.venv/bin/jupyter kernelspec list` shows it)
 #   5. the parallax Python package (python/, editable) and its Jupyter server extension (the
 #      Clusters page at /parallax/) enabled in .venv
+#   6. the binary linked as .venv/bin/parallax (what `parallax.Cluster` and users of the venv run)
 #
 # Environment: PYTHON (default python3.11).
 set -euo pipefail
@@ -92,5 +93,9 @@ cp "$ROOT/python/jupyter-config/parallax.json" "$VENV/etc/jupyter/jupyter_server
 extensions="$("$VENV/bin/jupyter" server extension list 2>&1)"
 grep -q 'parallax.jupyter.*enabled' <<<"$extensions" ||
     die "the parallax server extension is not enabled in .venv"
+
+# --- 6. the binary on the venv's PATH -----------------------------------------------------------------
+step "linking $BIN as .venv/bin/parallax"
+ln -sfn "$BIN" "$VENV/bin/parallax"
 
 step "setup done"
