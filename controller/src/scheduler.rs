@@ -8,8 +8,9 @@
 //!   given a task longest ago.
 //! - **Pipelining**: an engine may hold several tasks at once, so that it never waits a round
 //!   trip between two small ones. How many depends on how long its tasks take: up to
-//!   [`MAX_DEPTH`] for tasks of microseconds, down to one at a time for tasks of 100 ms or more,
-//!   so that a long task never holds up others that another engine could run.
+//!   [`MAX_DEPTH`] for tasks of microseconds, down to one at a time for tasks of 100 ms or more
+//!   (and until the first run time is known), so that a long task never holds up others that
+//!   another engine could run.
 //! - **Retries**: a task whose engine died goes back to the front of the queue, never to that
 //!   engine again, while it has retries left.
 //! - **Timeouts**: a task that waited unassigned longer than its `timeout` leaves the queue (the
@@ -27,8 +28,9 @@ pub(crate) const MAX_DEPTH: u32 = 64;
 const PIPELINE_WORK: f64 = 0.004;
 /// From this mean run time on, an engine gets one task at a time.
 const ONE_AT_A_TIME: f64 = 0.1;
-/// How many tasks an engine whose run times are unknown may hold.
-const FIRST_DEPTH: u32 = 2;
+/// How many tasks an engine whose run times are unknown may hold: one, so that a first task
+/// that runs long holds up nothing another engine could run.
+const FIRST_DEPTH: u32 = 1;
 /// Weight of the newest run time in an engine's mean.
 const MEAN_WEIGHT: f64 = 0.2;
 
@@ -245,15 +247,20 @@ mod tests {
         let mut scheduler = Scheduler::default();
         scheduler.open(0);
         scheduler.open(1);
+        scheduler.answered(0, Some(Duration::from_millis(1)));
+        scheduler.answered(1, Some(Duration::from_millis(1)));
         scheduler.sent(0); // a direct request keeps engine 0 busier
-        for _ in 0..3 {
+        for _ in 0..5 {
             scheduler.submit(task(Constraints::default()));
         }
-        // Depth 2 before run times are known: 1 gets two, 0 gets one more.
-        assert_eq!(ids(&scheduler.assign()), vec![1, 0, 1]);
+        // Depth 6 for 1 ms tasks: 1 first, then turns by load and recency.
+        assert_eq!(ids(&scheduler.assign()), vec![1, 0, 1, 0, 1]);
         assert_eq!(scheduler.unassigned(), 0);
-        scheduler.submit(task(Constraints::default()));
-        assert!(scheduler.assign().is_empty(), "every engine is full");
+        for _ in 0..7 {
+            scheduler.submit(task(Constraints::default()));
+        }
+        assert_eq!(ids(&scheduler.assign()), vec![0, 1, 0, 1, 0, 1]);
+        assert_eq!(scheduler.unassigned(), 1, "every engine is full");
         scheduler.answered(1, Some(Duration::from_millis(1)));
         assert_eq!(ids(&scheduler.assign()), vec![1]);
     }
@@ -292,6 +299,10 @@ mod tests {
         }));
         assert_eq!(ids(&scheduler.assign()), vec![1, 0]);
         assert_eq!(scheduler.unassigned(), 1, "the task for engine 5 waits");
+        assert!(
+            scheduler.assign().is_empty(),
+            "one task each until run times are known"
+        );
         let taken = scheduler.take_where(|c| c.targets.as_deref() == Some(&[5]));
         assert_eq!(taken.len(), 1);
     }

@@ -195,21 +195,20 @@ async fn load_balanced_tasks_are_pipelined_over_the_least_loaded_engines() {
     for _ in 0..6 {
         requests.push(apply(&client, balanced(0), vec![Bytes::from_static(b"f")]).await);
     }
-    // Two in flight per engine before run times are known; the rest wait at the controller.
+    // One in flight per engine until run times are known; the rest wait at the controller.
     let mut first = Vec::new();
     for engine in &mut engines {
         first.push(engine.next_apply().await);
-        first.push(engine.next_apply().await);
     }
     let status = client.ask("queue_request", json!({})).await;
-    assert_eq!(status["unassigned"], 2, "{status}");
-    assert_eq!(status["engines"]["0"]["tasks"], 2, "{status}");
+    assert_eq!(status["unassigned"], 4, "{status}");
+    assert_eq!(status["engines"]["0"]["tasks"], 1, "{status}");
     assert_eq!(status["engines"]["0"]["queue"], 0, "{status}");
 
-    // Answers free room; the queue drains; every task gets its reply.
+    // Answers (of 100 µs tasks) open the pipelines; the queue drains; every task gets its reply.
     let mut answered = 0;
     for (index, request) in first.iter().enumerate() {
-        engines[index / 2].answer(request, "", vec![]).await;
+        engines[index].answer(request, "", vec![]).await;
         answered += 1;
     }
     for engine in &mut engines {
@@ -240,6 +239,11 @@ async fn tasks_of_a_dead_engine_are_retried_elsewhere_or_fail_naming_it() {
     let controller = Controller::start(root.path(), "retry").await;
     let mut doomed = Supported::start(&controller).await;
     let mut client = Client::connect(&controller.client_file()).await;
+    // A first short task lets the engine hold several at once.
+    let warm_up = apply(&client, balanced(0), vec![]).await;
+    let got = doomed.next_apply().await;
+    doomed.answer(&got, "", vec![]).await;
+    reply_to(&mut client, &warm_up).await;
     let retried = apply(&client, balanced(1), vec![Bytes::from_static(b"f")]).await;
     let lost = apply(&client, balanced(0), vec![Bytes::from_static(b"g")]).await;
     assert_eq!(doomed.next_apply().await.msg_id(), retried.msg_id());
@@ -282,11 +286,9 @@ async fn queued_tasks_can_be_aborted_time_out_or_fail_when_their_targets_are_gon
     let controller = Controller::start(root.path(), "abort").await;
     let mut engine = Supported::start(&controller).await;
     let mut client = Client::connect(&controller.client_file()).await;
-    // Fill the engine's pipeline so that the next tasks stay queued.
-    let running = [
-        apply(&client, balanced(0), vec![]).await,
-        apply(&client, balanced(0), vec![]).await,
-    ];
+    // Fill the engine's pipeline (one task until its run times are known) so that the next
+    // tasks stay queued.
+    let running = [apply(&client, balanced(0), vec![]).await];
     let queued = apply(&client, balanced(0), vec![]).await;
     let timed = apply(
         &client,
@@ -294,7 +296,6 @@ async fn queued_tasks_can_be_aborted_time_out_or_fail_when_their_targets_are_gon
         vec![],
     )
     .await;
-    engine.next_apply().await;
     engine.next_apply().await;
 
     let abort = client
