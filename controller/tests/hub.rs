@@ -130,7 +130,7 @@ async fn task_request_returns_the_record() {
 
     let reply = client.ask("task_request", json!({"msg_id": "xyz"})).await;
     assert_eq!(reply["status"], "error");
-    assert_eq!(reply["evalue"], "no task xyz");
+    assert_eq!(reply["evalue"], "'No such message: xyz'");
     controller.stop().await;
 }
 

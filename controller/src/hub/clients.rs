@@ -144,10 +144,11 @@ impl Hub {
                     buffers = stored.buffers;
                     json!({"status": "ok", "task": stored.record})
                 }
+                // Worded (and quoted, as str(KeyError) is) like ipyparallel's hub.
                 Ok(Ok(None)) => json!({
                     "status": "error",
                     "ename": "KeyError",
-                    "evalue": format!("no task {msg_id}"),
+                    "evalue": format!("'No such message: {msg_id}'"),
                 }),
                 Ok(Err(error)) => json!({
                     "status": "error",

@@ -1,0 +1,132 @@
+"""`Cluster`: start and stop a Parallax cluster from Python.
+
+    with parallax.Cluster(n=4) as rc:      # starts 4 engines, yields a connected Client
+        rc[:].apply_sync(os.getpid)
+    # the cluster is stopped here
+
+It drives the `parallax` binary (`parallax cluster start -n N --profile P --daemonize`, which
+returns once every engine is ready, and `parallax cluster stop --profile P`). The binary is
+$PARALLAX_BIN, else `parallax` on PATH, else the one next to this Python (a venv's bin/). The
+engines run ipykernel from this same Python unless $PARALLAX_PYTHON says otherwise, so they
+have the same packages (and the same parallax and cloudpickle) as the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .client import Client, default_profile
+
+
+def parallax_binary() -> str:
+    """Path of the `parallax` executable."""
+    explicit = os.environ.get("PARALLAX_BIN")
+    if explicit:
+        return explicit
+    found = shutil.which("parallax")
+    if found:
+        return found
+    beside_python = Path(sys.executable).parent / "parallax"
+    if beside_python.is_file():
+        return str(beside_python)
+    raise FileNotFoundError(
+        "The `parallax` binary was not found: set PARALLAX_BIN to its path, or put it on PATH "
+        f"(looked on PATH and in {beside_python.parent})."
+    )
+
+
+class Cluster:
+    """A cluster of `n` engines (default: one per core) for `profile` (default:
+    $PARALLAX_PROFILE, else "default")."""
+
+    def __init__(self, n: int | None = None, profile: str | None = None, *, kernel: str | None = None,
+                 timeout: float = 120, restart_engines: bool = False, **_ignored: Any) -> None:
+        self.n = n
+        self.profile = profile or default_profile()
+        self.kernel = kernel
+        self.timeout = timeout
+        self.restart_engines = restart_engines
+        self._client: Client | None = None
+
+    def __repr__(self) -> str:
+        return f"<Cluster profile={self.profile!r} n={self.n}>"
+
+    def _run(self, *args: str) -> str:
+        command = [parallax_binary(), "cluster", *args]
+        env = dict(os.environ)
+        env.setdefault("PARALLAX_PYTHON", sys.executable)
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"`{' '.join(command)}` did not finish within {self.timeout} s") from None
+        if done.returncode != 0:
+            output = (done.stderr or done.stdout).strip()
+            raise RuntimeError(f"`{' '.join(command)}` failed (exit status {done.returncode}): {output}")
+        return done.stdout
+
+    def start_cluster_sync(self, n: int | None = None) -> None:
+        """Start the controller and engines; returns once every engine is ready."""
+        if n is not None:
+            self.n = n
+        args = ["start", "--profile", self.profile, "--daemonize"]
+        if self.n is not None:
+            args += ["-n", str(self.n)]
+        if self.kernel:
+            args += ["--kernel", self.kernel]
+        if self.restart_engines:
+            args.append("--restart-engines")
+        self._run(*args)
+
+    def connect_client_sync(self, **client_kwargs: Any) -> Client:
+        """A Client connected to this cluster (waiting until its n engines are registered)."""
+        client = Client(profile=self.profile, cluster=self, **client_kwargs)
+        if self.n is not None:
+            client.wait_for_engines(self.n, timeout=self.timeout, interactive=False)
+        self._client = client
+        return client
+
+    def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Client:
+        """Start the cluster and return a connected Client."""
+        self.start_cluster_sync(n)
+        try:
+            client = self.connect_client_sync()
+        except BaseException:
+            self.stop_cluster_sync()
+            raise
+        if activate:
+            client.activate()
+        return client
+
+    def stop_cluster_sync(self) -> None:
+        """Stop the controller and all engines (and close the client this Cluster made)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._run("stop", "--profile", self.profile)
+
+    async def start_cluster(self, n: int | None = None) -> None:
+        await asyncio.to_thread(self.start_cluster_sync, n)
+
+    async def connect_client(self, **client_kwargs: Any) -> Client:
+        return await asyncio.to_thread(self.connect_client_sync, **client_kwargs)
+
+    async def start_and_connect(self, n: int | None = None, activate: bool = False) -> Client:
+        return await asyncio.to_thread(self.start_and_connect_sync, n, activate)
+
+    async def stop_cluster(self) -> None:
+        await asyncio.to_thread(self.stop_cluster_sync)
+
+    def __enter__(self) -> Client:
+        return self.start_and_connect_sync()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_cluster_sync()
+
+
+__all__ = ["Cluster", "parallax_binary"]

@@ -1,0 +1,390 @@
+"""The engine support: runs `apply` requests inside an engine's Python kernel.
+
+A stock ipykernel costs milliseconds per shell message, so `apply` does not go through the
+kernel's shell. The Rust engine process, once its kernel is ready, runs one silent cell:
+
+    import parallax.engine as _parallax_engine
+    _parallax_engine.start(url=URL, key=KEY, uuid=UUID)
+
+`start` connects a DEALER to the controller's engine socket, attaches as engine UUID (waiting up
+to 10 s for `attach_reply`; it raises if that fails, and the engine then serves `execute`
+only), and starts one daemon IO thread that owns the DEALER from then on.
+
+    controller ──apply_request──▶ IO thread ──queue──▶ kernel main thread (asyncio loop)
+    controller ◀──stream, apply_reply── IO thread ◀──Outbox── main thread
+
+Each `apply_request` is queued and handed to the kernel's running asyncio loop with
+`call_soon_threadsafe`, so the function runs on the kernel's main thread, in the user namespace
+(`get_ipython().user_ns`), where SIGINT interrupts it like any cell. Tasks that arrive together
+run in one loop callback, one after another, for at most `TIME_SLICE` seconds before the
+callback reschedules itself, so the kernel's own shell messages are not starved. While a task
+runs, sys.stdout / sys.stderr are swapped for writers that send `stream` messages parented to
+the request (flushed before its reply). Tracebacks keep only the user's frames. An
+`abort_request` drops queued tasks that have not started; each gets an `aborted` reply.
+Anything that goes wrong in the support itself becomes an error reply, never a dead thread.
+"""
+
+from __future__ import annotations
+
+import _signal  # signal.signal without the enum conversions of the signal module (called twice per task)
+import asyncio
+import atexit
+import collections
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from ._remote import _shell
+from ._wire import Message, Session, iso_now
+from ._zmqio import Outbox, recv_frames, send_frames
+from .serialize import deserialize_call, serialize_result
+
+log = logging.getLogger("parallax.engine")
+
+ATTACH_TIMEOUT = 10.0
+TIME_SLICE = 0.01  # seconds of tasks per loop callback
+STREAM_FLUSH_INTERVAL = 0.2  # seconds: a task's output is sent at least this often while it prints
+STREAM_FLUSH_SIZE = 64 * 1024  # characters buffered before output is sent anyway
+_SIGINT = int(signal.SIGINT)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+_support: EngineSupport | None = None
+
+
+def start(url: str, key: str, uuid: str, timeout: float = ATTACH_TIMEOUT) -> None:
+    """Connect to the controller at `url`, attach as engine `uuid` and serve apply requests.
+    Call on the kernel's main thread (as a cell). Raises if the controller does not accept the
+    attachment within `timeout` seconds."""
+    global _support
+    if _support is not None:
+        _support.stop()
+        _support = None
+    support = EngineSupport(url, key, uuid)
+    try:
+        support.attach(timeout)
+    except BaseException:
+        support.stop()
+        raise
+    _support = support
+
+
+def stop() -> None:
+    """Stop serving (closes the link to the controller)."""
+    global _support
+    if _support is not None:
+        _support.stop()
+        _support = None
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop()
+
+
+def _is_internal(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+
+
+def _user_frames_only(exc_info: traceback.TracebackException, seen: set[int] | None = None) -> None:
+    """Drop the support's own frames from a traceback (and from its chained exceptions)."""
+    seen = set() if seen is None else seen
+    if id(exc_info) in seen:
+        return
+    seen.add(id(exc_info))
+    exc_info.stack = traceback.StackSummary.from_list([f for f in exc_info.stack if not _is_internal(f.filename)])
+    for chained in (exc_info.__cause__, exc_info.__context__):
+        if chained is not None:
+            _user_frames_only(chained, seen)
+
+
+def error_content(exc: BaseException) -> dict[str, Any]:
+    """The content of an error reply for `exc`, its traceback limited to the user's frames."""
+    try:
+        evalue = str(exc)
+    except Exception as str_error:
+        evalue = f"<the exception could not be turned into text: {str_error!r}>"
+    try:
+        summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+        _user_frames_only(summary)
+        lines = "".join(summary.format()).splitlines()
+    except Exception as format_error:
+        lines = [f"{type(exc).__name__}: {evalue}", f"(the traceback could not be formatted: {format_error!r})"]
+    return {"status": "error", "ename": type(exc).__name__, "evalue": evalue, "traceback": lines}
+
+
+class _TaskStream(io.TextIOBase):
+    """sys.stdout / sys.stderr while a task runs: text becomes `stream` messages parented to the
+    task's request. One pair serves all tasks (`begin` points it at the next one). Only the main
+    thread sends; text written by other threads goes out with the next flush."""
+
+    def __init__(self, name: str, support: EngineSupport) -> None:
+        self.name = name
+        self._support = support
+        self._request: Message | None = None
+        self._original: Any = None
+        self._parts: list[str] = []
+        self._size = 0
+        self._last_flush = 0.0
+
+    def begin(self, request: Message, original: Any) -> None:
+        self._request = request
+        self._original = original
+        self._parts = []
+        self._size = 0
+        self._last_flush = time.monotonic()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        # C-level writers (subprocesses, extensions) use the kernel's own descriptor.
+        return self._original.fileno()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._parts.append(text)
+        self._size += len(text)
+        if self._size >= STREAM_FLUSH_SIZE or time.monotonic() - self._last_flush >= STREAM_FLUSH_INTERVAL:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._parts or self._request is None or threading.current_thread() is not threading.main_thread():
+            return
+        parts, self._parts = self._parts, []
+        self._size = 0
+        self._last_flush = time.monotonic()
+        self._support.send_to_controller("stream", {"name": self.name, "text": "".join(parts)}, self._request)
+
+
+class EngineSupport:
+    """The link of one kernel to its controller, and the queue of its apply requests."""
+
+    def __init__(self, url: str, key: str, uuid: str) -> None:
+        self.url = url
+        self.uuid = uuid
+        self.session = Session(key)
+        self.loop = _event_loop()
+        self.context = zmq.Context()
+        self.dealer = self.context.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.RCVHWM, 0)
+        self.dealer.setsockopt(zmq.SNDHWM, 0)
+        self.dealer.setsockopt(zmq.LINGER, 1000)
+        self.dealer.connect(url)
+        self.outbox = Outbox(self.context, "engine")
+        self.shell = _shell()
+        self.stdout = _TaskStream("stdout", self)
+        self.stderr = _TaskStream("stderr", self)
+        self.queue: collections.deque[Message] = collections.deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+        self.thread = threading.Thread(target=self._io_main, name="parallax-engine-io", daemon=True)
+        self.stopped = False
+
+    # -- attaching (main thread, before the IO thread exists) ---------------------------------------
+
+    def attach(self, timeout: float) -> None:
+        header, frames = self.session.serialize("attach_request", {"uuid": self.uuid})
+        self.dealer.send_multipart(frames)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.dealer.poll(int(left * 1000)):
+                raise TimeoutError(
+                    f"the controller at {self.url} did not answer this engine's attach_request within {timeout} s"
+                )
+            reply = self.session.unpack(self.dealer.recv_multipart())
+            if reply is None or reply.msg_type != "attach_reply" or reply.parent_id != header["msg_id"]:
+                continue
+            if reply.content.get("status") != "ok":
+                reason = reply.content.get("evalue") or reply.content.get("ename") or "no reason given"
+                raise RuntimeError(f"the controller at {self.url} refused to attach engine {self.uuid}: {reason}")
+            break
+        self.thread.start()
+        log.debug("attached to %s as %s", self.url, self.uuid)
+
+    # -- the IO thread -----------------------------------------------------------------------------
+
+    def _io_main(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self.outbox.reader, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self.outbox.reader in events and self._send_outbox():
+                    return
+                if self.dealer in events:
+                    self._receive()
+        except zmq.ContextTerminated:
+            pass
+        except Exception:
+            log.exception("the engine support's IO thread failed")
+        finally:
+            self.dealer.close()
+            self.outbox.reader.close(linger=0)
+
+    def _send_outbox(self) -> bool:
+        """Send what the main thread queued; True when asked to stop."""
+        for frames in self.outbox.take():
+            if frames is None:
+                return True
+            try:
+                send_frames(self.dealer, frames)
+            except zmq.ZMQError:
+                log.exception("could not send a message to the controller")
+        return False
+
+    def _receive(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = recv_frames(self.dealer)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(frames)
+            except Exception:
+                log.exception("failed to handle a message from the controller")
+
+    def _on_message(self, frames: list[Any]) -> None:
+        msg = self.session.unpack(frames)
+        if msg is None:
+            return
+        msg_type = msg.msg_type
+        if msg_type == "apply_request":
+            with self.lock:
+                self.queue.append(msg)
+                wake = not self.scheduled
+                self.scheduled = True
+            if wake:
+                self.loop.call_soon_threadsafe(self._run_queued)
+        elif msg_type == "abort_request":
+            self._abort(set(msg.content.get("msg_ids") or ()))
+        elif msg_type.endswith("_request"):
+            reply_type = msg_type[: -len("_request")] + "_reply"
+            content = {"status": "error", "ename": "ValueError",
+                       "evalue": f"the engine support does not handle {msg_type}"}
+            self._send_now(reply_type, content, msg)
+        else:
+            log.debug("ignored a %s from the controller", msg_type)
+
+    def _abort(self, msg_ids: set[str]) -> None:
+        with self.lock:
+            aborted = [m for m in self.queue if m.msg_id in msg_ids]
+            if aborted:
+                self.queue = collections.deque(m for m in self.queue if m.msg_id not in msg_ids)
+        for request in aborted:
+            content = {"status": "aborted", "ename": "TaskAborted",
+                       "evalue": f"task {request.msg_id} was aborted before it started", "traceback": []}
+            now = iso_now()
+            self._send_now("apply_reply", content, request, {"status": "aborted", "started": None, "completed": now})
+
+    def _send_now(self, msg_type: str, content: dict[str, Any], parent: Message,
+                  metadata: dict[str, Any] | None = None) -> None:
+        """Send from the IO thread itself."""
+        _header, frames = self.session.serialize(msg_type, content, parent=parent.header_raw, metadata=metadata)
+        send_frames(self.dealer, frames)
+
+    # -- the main thread ---------------------------------------------------------------------------
+
+    def send_to_controller(self, msg_type: str, content: dict[str, Any], parent: Message,
+                           metadata: dict[str, Any] | None = None, buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
+        """Send from the main thread (through the IO thread)."""
+        _header, frames = self.session.serialize(msg_type, content, parent=parent.header_raw,
+                                                 metadata=metadata, buffers=buffers)
+        self.outbox.put(frames)
+
+    def _run_queued(self) -> None:
+        """Run queued tasks for up to TIME_SLICE seconds, then yield to the loop."""
+        deadline = time.monotonic() + TIME_SLICE
+        try:
+            while True:
+                with self.lock:
+                    if not self.queue or self.stopped:
+                        self.scheduled = False
+                        return
+                    request = self.queue.popleft()
+                self._run(request)
+                if time.monotonic() >= deadline:
+                    break
+        except BaseException:  # e.g. a late KeyboardInterrupt between tasks: keep serving
+            log.debug("interrupted between tasks", exc_info=True)
+        with self.lock:
+            if not self.queue or self.stopped:
+                self.scheduled = False
+                return
+        self.loop.call_soon(self._run_queued)
+
+    def _namespace(self) -> dict[str, Any]:
+        """The user namespace (looked up per task: `%reset` or a new shell may replace it)."""
+        if self.shell is not None:
+            return self.shell.user_ns
+        return sys.modules["__main__"].__dict__
+
+    def _run(self, request: Message) -> None:
+        """Run one apply_request and send its outputs and reply."""
+        started = iso_now()
+        saved_streams = sys.stdout, sys.stderr
+        self.stdout.begin(request, sys.__stdout__ if sys.stdout is None else sys.stdout)
+        self.stderr.begin(request, sys.__stderr__ if sys.stderr is None else sys.stderr)
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        saved_handler = _signal.signal(_SIGINT, signal.default_int_handler) if on_main_thread else None
+        try:
+            sys.stdout, sys.stderr = self.stdout, self.stderr
+            f, args, kwargs = deserialize_call(request.buffers, self._namespace())
+            result = f(*args, **kwargs)
+            buffers = serialize_result(result)
+            content: dict[str, Any] = {"status": "ok"}
+        except BaseException as exc:
+            content = error_content(exc)
+            buffers = []
+        finally:
+            if saved_handler is not None:
+                _signal.signal(_SIGINT, saved_handler)
+            sys.stdout, sys.stderr = saved_streams
+        try:
+            self.stdout.flush()
+            self.stderr.flush()
+            metadata = {"status": content["status"], "started": started, "completed": iso_now()}
+            self.send_to_controller("apply_reply", content, request, metadata, buffers)
+        except Exception as exc:  # e.g. a result zmq cannot send: still answer
+            log.exception("could not send the reply to %s", request.msg_id)
+            fallback = error_content(exc)
+            metadata = {"status": "error", "started": started, "completed": iso_now()}
+            self.send_to_controller("apply_reply", fallback, request, metadata)
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.thread.is_alive():
+            self.outbox.put(None)
+            self.thread.join(5)
+        else:
+            self.dealer.close(linger=0)
+            self.outbox.reader.close(linger=0)
+        self.outbox.close()
+        self.context.term()
+
+
+atexit.register(stop)
