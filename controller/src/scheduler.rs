@@ -215,6 +215,23 @@ impl Scheduler {
         assigned
     }
 
+    /// Open engines with nothing outstanding.
+    pub fn idle(&self) -> Vec<EngineId> {
+        self.engines
+            .iter()
+            .filter(|(_, load)| load.open && load.outstanding == 0)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Whether engine `id` may run a task with these constraints (it is open, allowed and has
+    /// room).
+    pub fn can_take(&self, id: EngineId, constraints: &Constraints) -> bool {
+        self.engines
+            .get(&id)
+            .is_some_and(|load| load.has_room() && constraints.allows(id))
+    }
+
     fn choose(&self, constraints: &Constraints) -> Option<EngineId> {
         self.engines
             .iter()

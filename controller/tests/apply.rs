@@ -350,3 +350,62 @@ async fn a_client_can_shut_the_controller_down() {
         .await
         .expect("the controller stops");
 }
+
+#[tokio::test]
+async fn a_task_queued_behind_a_long_one_moves_to_an_idle_engine() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let controller = Controller::start(root.path(), "reclaim").await;
+    let mut engines = vec![
+        Supported::start(&controller).await,
+        Supported::start(&controller).await,
+    ];
+    let mut client = Client::connect(&controller.client_file()).await;
+    // Short first tasks let both engines hold several at once.
+    for engine in &mut engines {
+        let warm_up = apply(&client, balanced(0), vec![]).await;
+        let got = engine.next_apply().await;
+        engine.answer(&got, "", vec![]).await;
+        reply_to(&mut client, &warm_up).await;
+    }
+    let tasks = [
+        apply(&client, balanced(0), vec![Bytes::from_static(b"a")]).await,
+        apply(&client, balanced(0), vec![Bytes::from_static(b"b")]).await,
+        apply(&client, balanced(0), vec![Bytes::from_static(b"c")]).await,
+    ];
+    // Engine 0 gets a and c (c waits behind a, which runs long); engine 1 gets b.
+    let mut on_zero = vec![engines[0].next_apply().await, engines[0].next_apply().await];
+    let b = engines[1].next_apply().await;
+    assert_eq!(b.msg_id(), tasks[1].msg_id());
+    engines[1].answer(&b, "", vec![]).await;
+
+    // Engine 1 is idle: the controller asks engine 0 for c back...
+    let abort = engines[0].support.recv_type("abort_request").await;
+    let content: Value = abort.content_as().expect("content");
+    assert_eq!(content["msg_ids"], json!([tasks[2].msg_id()]));
+    let c = on_zero.pop().expect("c");
+    let mut aborted = engines[0]
+        .support
+        .session
+        .message(
+            "apply_reply",
+            &json!({"status": "aborted", "ename": "TaskAborted", "evalue": "", "traceback": []}),
+        )
+        .with_metadata(&json!({"status": "aborted"}));
+    aborted.set_parent(&c);
+    engines[0].support.send(aborted).await;
+    // ... and gives it, whole, to engine 1; the client never sees the abort.
+    let moved = engines[1].next_apply().await;
+    assert_eq!(moved.msg_id(), tasks[2].msg_id());
+    assert_eq!(moved.buffers, vec![Bytes::from_static(b"c")]);
+    engines[1].answer(&moved, "", vec![]).await;
+    let (reply, content) = reply_to(&mut client, &tasks[2]).await;
+    assert_eq!(content["status"], "ok");
+    let metadata: Value = reply.metadata_as().expect("metadata");
+    assert_eq!(metadata["engine_id"], engines[1].id());
+
+    // A task that had started when asked back just finishes where it is.
+    engines[0].answer(&on_zero[0], "", vec![]).await;
+    let (_, content) = reply_to(&mut client, &tasks[0]).await;
+    assert_eq!(content["status"], "ok");
+    controller.stop().await;
+}

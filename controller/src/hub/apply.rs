@@ -2,6 +2,13 @@
 //! request names its engine) or through the load-balanced [`Scheduler`]; and what happens to
 //! them when they are aborted, time out, or lose their engine.
 //!
+//! Pipelining has a cost at the end of a batch: a task queued on an engine behind a long one
+//! waits although another engine has gone idle. So when nothing is left to assign and an
+//! engine is idle, the newest load-balanced task queued on the busiest engine is *reclaimed*:
+//! the hub asks that engine's support to drop it if it has not started (`abort_request`); an
+//! `aborted` answer puts it back at the front of the queue, for the idle engine. A task that
+//! had started just finishes where it is.
+//!
 //! [`Scheduler`]: crate::scheduler::Scheduler
 
 use std::collections::BTreeMap;
@@ -122,7 +129,8 @@ impl Hub {
         })
     }
 
-    /// Sends the tasks the scheduler can place now.
+    /// Sends the tasks the scheduler can place now; with none left to place, reclaims tasks
+    /// waiting on busy engines for idle ones.
     pub(super) async fn dispatch(&mut self) {
         for (id, queued) in self.scheduler.assign() {
             self.db.send(Command::Update {
@@ -132,6 +140,87 @@ impl Hub {
             self.send_apply(id, queued.request, Some(queued.constraints))
                 .await;
         }
+        if self.scheduler.unassigned() == 0 {
+            self.reclaim().await;
+        }
+    }
+
+    /// For each idle engine, asks the busiest engine to give back the newest load-balanced task
+    /// it holds beyond the one it runs, if the idle engine may run it.
+    async fn reclaim(&mut self) {
+        let idle = self.scheduler.idle();
+        if idle.is_empty() {
+            return;
+        }
+        let pending = self.tasks.values().filter(|t| t.reclaiming).count();
+        if pending >= idle.len() {
+            return;
+        }
+        // Per engine: its load-balanced tasks not being reclaimed, newest last.
+        let mut held: BTreeMap<EngineId, Vec<(u64, String)>> = BTreeMap::new();
+        for (msg_id, task) in &self.tasks {
+            if task.balanced.is_some() && !task.reclaiming {
+                held.entry(task.engine)
+                    .or_default()
+                    .push((task.seq, msg_id.clone()));
+            }
+        }
+        let mut wanted = idle.len() - pending;
+        while wanted > 0 {
+            let Some((&victim, _)) = held
+                .iter()
+                .filter(|(_, tasks)| tasks.len() >= 2)
+                .max_by_key(|(_, tasks)| tasks.len())
+            else {
+                return;
+            };
+            let Some(tasks) = held.get_mut(&victim) else {
+                return;
+            };
+            tasks.sort();
+            let Some((_, msg_id)) = tasks.pop() else {
+                return;
+            };
+            let takers = self.tasks.get(&msg_id).and_then(|t| t.balanced.as_ref());
+            if !takers.is_some_and(|c| idle.iter().any(|&id| self.scheduler.can_take(id, c))) {
+                continue;
+            }
+            let Some(route) = self.registry.get(victim).and_then(|e| e.support.clone()) else {
+                held.remove(&victim);
+                continue;
+            };
+            if let Some(task) = self.tasks.get_mut(&msg_id) {
+                task.reclaiming = true;
+            }
+            tracing::debug!(%msg_id, engine = victim, "reclaiming a queued task for an idle engine");
+            let mut abort = self
+                .session
+                .message("abort_request", &json!({ "msg_ids": [msg_id] }));
+            abort.identities = route;
+            self.to_engine(abort).await;
+            wanted -= 1;
+        }
+    }
+
+    /// An engine gave back a task it was asked to (see [`reclaim`](Self::reclaim)): it goes back
+    /// to the front of the queue.
+    pub(super) async fn reclaimed(&mut self, id: EngineId, msg_id: &str) {
+        let Some(task) = self.tasks.remove(msg_id) else {
+            return;
+        };
+        let Some(constraints) = task.balanced else {
+            return;
+        };
+        self.scheduler.answered(id, None);
+        if let Some(engine) = self.registry.get_mut(id) {
+            engine.info.queue = engine.info.queue.saturating_sub(1);
+            engine.settle_state();
+        }
+        self.scheduler.resubmit(Queued {
+            request: task.request,
+            constraints,
+        });
+        self.dispatch().await;
     }
 
     /// Sends an apply request to engine `id`'s support and tracks it. A load-balanced task keeps
@@ -148,7 +237,7 @@ impl Hub {
         let mut forward = message.clone();
         forward.identities = route;
         let mut request = message;
-        if balanced.as_ref().is_none_or(|c| c.retries_left == 0) {
+        if balanced.is_none() {
             request.buffers.clear();
         }
         self.tasks.insert(
@@ -161,6 +250,7 @@ impl Hub {
                 stderr: Captured::default(),
                 failed: false,
                 balanced,
+                reclaiming: false,
             },
         );
         self.next_seq += 1;

@@ -341,6 +341,7 @@ impl Hub {
                 stderr: Captured::default(),
                 failed: false,
                 balanced: None,
+                reclaiming: false,
             },
         );
         self.next_seq += 1;

@@ -201,6 +201,9 @@ impl Hub {
         let Some(msg_id) = self.task_of(id, &message) else {
             return;
         };
+        if self.tasks.get(&msg_id).is_some_and(|t| t.reclaiming) && is_aborted(&message) {
+            return self.reclaimed(id, &msg_id).await;
+        }
         let Some(task) = self.tasks.remove(&msg_id) else {
             return;
         };
@@ -258,6 +261,13 @@ impl Hub {
         self.to_client(message).await;
         self.dispatch().await;
     }
+}
+
+/// Whether a reply says its request was aborted.
+fn is_aborted(reply: &Message) -> bool {
+    reply
+        .content_as::<Value>()
+        .is_ok_and(|content| content.get("status").and_then(Value::as_str) == Some("aborted"))
 }
 
 /// When a task ran, as its engine reports in the reply's metadata (apply replies).

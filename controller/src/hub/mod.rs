@@ -70,8 +70,12 @@ struct Task {
     stderr: Captured,
     /// An error has been recorded for it.
     failed: bool,
-    /// A load-balanced task: how it may be placed again if its engine dies.
+    /// A load-balanced task: how it may be placed again if its engine dies (its request keeps
+    /// its buffers).
     balanced: Option<Constraints>,
+    /// Asked back from its engine (not started there yet) for an idle engine: an `aborted`
+    /// answer puts it back in the queue instead of failing it.
+    reclaiming: bool,
 }
 
 /// The hub's state. See the module doc.
