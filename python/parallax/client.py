@@ -19,6 +19,11 @@ after that `get_result` fetches them from the controller's task database (`_data
 
 When the controller runs on this host, the IO thread also checks once a second that its process
 is alive, so waits fail with a clear error instead of hanging when the cluster dies.
+
+Large buffers skip the controller between this client and engines that share its memory (see
+`_shm`): direct apply requests to such engines carry them as shared-memory segments, and every
+apply request offers the engine to answer the same way. The IO thread maps a reply's segments as
+soon as it arrives, and removes what a finished task's engine did not read.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, Callable
 
 import zmq
 
-from . import error
+from . import _shm, error
 from ._database import TaskDatabase
 from ._wire import Message, Session
 from ._zmqio import Outbox, recv_frames, send_frames
@@ -179,6 +184,9 @@ class Client(TaskDatabase):
         self._engines_changed = threading.Condition()
         self._engine_events: list[dict[str, Any]] = []
         self._lost: str | None = None
+        self._shm_offer = _shm.offer()
+        self._engine_shm: dict[int, str | None] = {}  # engine id → its shm domain, from its replies
+        self._segments: dict[str, list[str]] = {}  # msg_id → segments written for its request
 
         self._own_context = context is None
         self._context = context or zmq.Context()
@@ -296,7 +304,10 @@ class Client(TaskDatabase):
                 return
             self.outstanding.discard(task.msg_id)
             self._note_engine(task, msg.metadata.get("engine_id"))
-            task.complete(msg.content, msg.metadata, msg.header.get("date"), msg.buffers)
+            buffers = msg.buffers
+            if msg_type == "apply_reply":
+                buffers = self._received_buffers(task, msg)
+            task.complete(msg.content, msg.metadata, msg.header.get("date"), buffers)
         elif msg_type in _OUTPUT_TYPES:
             task = self._pending.get(parent_id) if parent_id else None
             if task is not None:
@@ -312,6 +323,37 @@ class Client(TaskDatabase):
                 return
             waiter.message = msg
             waiter.event.set()
+
+    def _received_buffers(self, task: Task, reply: Message) -> list[Any]:
+        """The reply's buffers with its shared-memory segments mapped; removes the segments of
+        the task that its engine did not read, and learns the engine's shared memory."""
+        engine_id = reply.metadata.get("engine_id")
+        engine_shm = reply.metadata.get("shm")
+        if isinstance(engine_id, int) and isinstance(engine_shm, dict):
+            self._engine_shm[engine_id] = engine_shm.get("domain")
+        self._forget_segments(task.msg_id, replied=reply.content.get("status") == "ok")
+        try:
+            return _shm.attach(reply.buffers)
+        except OSError as exc:  # the result's deserialization raises the reason
+            log.warning("could not read the shared memory of the reply to %s: %s", task.msg_id, exc)
+            return reply.buffers
+
+    def _shares_memory(self, engine_id: int) -> bool:
+        """Whether engine `engine_id` can read this client's shared-memory segments: as its
+        replies said, or, before it has replied, if it runs on this host."""
+        if self._shm_offer is None:
+            return False
+        if engine_id in self._engine_shm:
+            return self._engine_shm[engine_id] == self._shm_offer["domain"]
+        info = self._engines.get(engine_id) or {}
+        return info.get("host") == _shm.hostname()
+
+    def _forget_segments(self, msg_id: str, replied: bool = False) -> None:
+        """Remove the segments of a finished request that its engine did not read, and, unless
+        its engine `replied`, those its engine may have written for a reply that never came."""
+        _shm.unlink(self._segments.pop(msg_id, ()))
+        if self._shm_offer is not None and not replied:
+            _shm.unlink_prefix(_shm.reply_prefix(msg_id))
 
     def _note_engine(self, task: Task, engine_id: Any) -> None:
         if engine_id is None:
@@ -335,6 +377,7 @@ class Client(TaskDatabase):
             task = self._pending.pop(msg_id, None)
             if task is not None:
                 self.outstanding.discard(msg_id)
+                self._forget_segments(msg_id)
                 task.complete(content, {}, None, [])
         for msg_id in list(self._waiters):
             waiter = self._waiters.pop(msg_id, None)
@@ -495,10 +538,11 @@ class Client(TaskDatabase):
         engine_id: int | None = None,
         chunk: int = 1,
         label: Any = None,
+        header: dict[str, Any] | None = None,
     ) -> Task:
         """Send an apply_request or execute_request; returns its Task (registered first)."""
         self._check_usable()
-        header, frames = self.session.serialize(msg_type, content, metadata=metadata, buffers=buffers)
+        header, frames = self.session.serialize(msg_type, content, metadata=metadata, buffers=buffers, header=header)
         msg_id = header["msg_id"]
         kind = "execute" if msg_type == "execute_request" else "apply"
         task = Task(msg_id, kind, engine_id=engine_id, chunk=chunk, label=label)
@@ -517,10 +561,42 @@ class Client(TaskDatabase):
         return task
 
     def _submit_apply(
-        self, call_buffers: list[Any], metadata: dict[str, Any], engine_id: int | None = None, chunk: int = 1, label: Any = None
+        self, call: list[Any] | _shm.Outgoing, metadata: dict[str, Any], engine_id: int | None = None,
+        chunk: int = 1, label: Any = None
     ) -> Task:
-        return self._submit("apply_request", content={}, metadata=metadata, buffers=call_buffers,
-                            engine_id=engine_id, chunk=chunk, label=label)
+        """Send an apply_request carrying `call` (its frames, or an `Outgoing` shared by several
+        requests). Its large buffers go through shared memory to an engine that shares it (never
+        load-balanced requests, see `_shm`), and the request offers a reply the same way."""
+        self._check_usable()
+        header = self.session.header("apply_request")
+        msg_id = header["msg_id"]
+        buffers = call.frames if isinstance(call, _shm.Outgoing) else call
+        if self._shm_offer is not None:
+            metadata = {**metadata, "shm": self._shm_offer}
+            if engine_id is not None and self._shares_memory(engine_id):
+                outgoing = call if isinstance(call, _shm.Outgoing) else _shm.Outgoing(call)
+                try:
+                    buffers, segments = outgoing.for_message(_shm.request_prefix(msg_id))
+                finally:
+                    if outgoing is not call:
+                        outgoing.close()
+                if segments:
+                    self._segments[msg_id] = segments
+        try:
+            return self._submit("apply_request", content={}, metadata=metadata, buffers=buffers,
+                                engine_id=engine_id, chunk=chunk, label=label, header=header)
+        except BaseException:
+            self._forget_segments(msg_id)
+            raise
+
+    def _submit_apply_each(self, call: list[Any], engine_ids: list[int], label: Any = None) -> list[Task]:
+        """Send the same call to each engine (direct): large buffers are written to shared
+        memory once, for all the engines that share it."""
+        outgoing = _shm.Outgoing(call)
+        try:
+            return [self._submit_apply(outgoing, {"engine": e}, engine_id=e, label=label) for e in engine_ids]
+        finally:
+            outgoing.close()
 
     def _submit_execute(self, code: str, engine_id: int, silent: bool = False, label: Any = None) -> Task:
         content = {

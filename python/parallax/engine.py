@@ -22,6 +22,13 @@ runs, sys.stdout / sys.stderr are swapped for writers that send `stream` message
 the request (flushed before its reply). Tracebacks keep only the user's frames. An
 `abort_request` drops queued tasks that have not started; each gets an `aborted` reply.
 Anything that goes wrong in the support itself becomes an error reply, never a dead thread.
+
+Large buffers may come and go through shared memory (`_shm`): the IO thread maps (and unlinks)
+an apply_request's segments as soon as it arrives, and a reply's large buffers go through shared
+memory when the request's metadata offers it from this host. The reply to any request with such
+an offer says which shared memory this engine has (metadata `"shm": {"domain": ...}`), so the
+client learns whether to send it segments; the IO thread sweeps the reply segments whose client
+exited without reading them.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from typing import Any
 
 import zmq
 
+from ._cell import run_cell
+from . import _shm
 from ._remote import _shell
 from ._wire import Message, Session, iso_now
 from ._zmqio import Outbox, recv_frames, send_frames
@@ -53,6 +62,7 @@ ATTACH_TIMEOUT = 10.0
 TIME_SLICE = 0.01  # seconds of tasks per loop callback
 STREAM_FLUSH_INTERVAL = 0.2  # seconds: a task's output is sent at least this often while it prints
 STREAM_FLUSH_SIZE = 64 * 1024  # characters buffered before output is sent anyway
+PARTIAL_LINE_WAIT = 0.5  # seconds a running cell's unfinished line waits for its newline
 _SIGINT = int(signal.SIGINT)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -124,8 +134,10 @@ def error_content(exc: BaseException) -> dict[str, Any]:
 
 class _TaskStream(io.TextIOBase):
     """sys.stdout / sys.stderr while a task runs: text becomes `stream` messages parented to the
-    task's request. One pair serves all tasks (`begin` points it at the next one). Only the main
-    thread sends; text written by other threads goes out with the next flush."""
+    task's request. One pair serves all tasks (`begin` points it at the next one). `flush` sends
+    from the main thread only (text written by other threads goes out with the next flush);
+    `flush_any_thread` is for the thread that flushes a running cell's output. The lock keeps
+    chunks in the order they were written."""
 
     def __init__(self, name: str, support: EngineSupport) -> None:
         self.name = name
@@ -135,6 +147,8 @@ class _TaskStream(io.TextIOBase):
         self._parts: list[str] = []
         self._size = 0
         self._last_flush = 0.0
+        self._lock = threading.Lock()
+        self._pending_since = 0.0
 
     def begin(self, request: Message, original: Any) -> None:
         self._request = request
@@ -160,19 +174,43 @@ class _TaskStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self._parts.append(text)
-        self._size += len(text)
-        if self._size >= STREAM_FLUSH_SIZE or time.monotonic() - self._last_flush >= STREAM_FLUSH_INTERVAL:
+        with self._lock:
+            if not self._parts:
+                self._pending_since = time.monotonic()
+            self._parts.append(text)
+            self._size += len(text)
+        if self._size >= STREAM_FLUSH_SIZE:
             self.flush()
+        elif time.monotonic() - self._last_flush >= STREAM_FLUSH_INTERVAL:
+            if threading.current_thread() is threading.main_thread():
+                self.flush_any_thread(whole_lines=True)
         return len(text)
 
     def flush(self) -> None:
-        if not self._parts or self._request is None or threading.current_thread() is not threading.main_thread():
-            return
-        parts, self._parts = self._parts, []
-        self._size = 0
-        self._last_flush = time.monotonic()
-        self._support.send_to_controller("stream", {"name": self.name, "text": "".join(parts)}, self._request)
+        if threading.current_thread() is threading.main_thread():
+            self.flush_any_thread()
+
+    def flush_any_thread(self, whole_lines: bool = False) -> None:
+        """Send what was written. With `whole_lines` (a periodic flush while a cell runs), a
+        line still being written waits for its end, unless it has waited `PARTIAL_LINE_WAIT`
+        (a prompt without a newline)."""
+        with self._lock:
+            if not self._parts or self._request is None:
+                return
+            text = "".join(self._parts)
+            keep = ""
+            now = time.monotonic()
+            if whole_lines and now - self._pending_since < PARTIAL_LINE_WAIT:
+                end = text.rfind("\n") + 1
+                text, keep = text[:end], text[end:]
+                if not text:
+                    self._parts = [keep]
+                    return
+            self._parts = [keep] if keep else []
+            self._size = len(keep)
+            self._pending_since = now
+            self._last_flush = time.monotonic()
+            self._support.send_to_controller("stream", {"name": self.name, "text": text}, self._request)
 
 
 class EngineSupport:
@@ -198,6 +236,8 @@ class EngineSupport:
         self.scheduled = False
         self.thread = threading.Thread(target=self._io_main, name="parallax-engine-io", daemon=True)
         self.stopped = False
+        self.unclaimed = _shm.Unclaimed()
+        self.reply_shm = {"domain": _shm.domain()}  # None: this engine cannot use shared memory
 
     # -- attaching (main thread, before the IO thread exists) ---------------------------------------
 
@@ -227,13 +267,18 @@ class EngineSupport:
         poller = zmq.Poller()
         poller.register(self.dealer, zmq.POLLIN)
         poller.register(self.outbox.reader, zmq.POLLIN)
+        sweep_ms = int(_shm.Unclaimed.SWEEP_INTERVAL * 1000)
+        next_sweep = 0.0
         try:
             while True:
-                events = dict(poller.poll())
+                events = dict(poller.poll(sweep_ms if self.unclaimed else None))
                 if self.outbox.reader in events and self._send_outbox():
                     return
                 if self.dealer in events:
                     self._receive()
+                if self.unclaimed and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + _shm.Unclaimed.SWEEP_INTERVAL
+                    self.unclaimed.sweep()
         except zmq.ContextTerminated:
             pass
         except Exception:
@@ -269,7 +314,11 @@ class EngineSupport:
         if msg is None:
             return
         msg_type = msg.msg_type
-        if msg_type == "apply_request":
+        if msg_type in ("apply_request", "execute_request"):
+            try:
+                msg.buffers = _shm.attach(msg.buffers)
+            except OSError:  # the task fails with the reason when it tries to read them again
+                log.debug("could not map the shared memory of %s", msg.msg_id, exc_info=True)
             with self.lock:
                 self.queue.append(msg)
                 wake = not self.scheduled
@@ -340,18 +389,21 @@ class EngineSupport:
         return sys.modules["__main__"].__dict__
 
     def _run(self, request: Message) -> None:
-        """Run one apply_request and send its outputs and reply."""
+        """Run one apply_request (or execute_request) and send its outputs and reply."""
+        if request.msg_type == "execute_request":
+            return run_cell(self, request)
         started = iso_now()
         saved_streams = sys.stdout, sys.stderr
         self.stdout.begin(request, sys.__stdout__ if sys.stdout is None else sys.stdout)
         self.stderr.begin(request, sys.__stderr__ if sys.stderr is None else sys.stderr)
         on_main_thread = threading.current_thread() is threading.main_thread()
         saved_handler = _signal.signal(_SIGINT, signal.default_int_handler) if on_main_thread else None
+        segments: list[str] = []
         try:
             sys.stdout, sys.stderr = self.stdout, self.stderr
             f, args, kwargs = deserialize_call(request.buffers, self._namespace())
             result = f(*args, **kwargs)
-            buffers = serialize_result(result)
+            buffers, segments = self._result_buffers(result, request)
             content: dict[str, Any] = {"status": "ok"}
         except BaseException as exc:
             content = error_content(exc)
@@ -364,12 +416,30 @@ class EngineSupport:
             self.stdout.flush()
             self.stderr.flush()
             metadata = {"status": content["status"], "started": started, "completed": iso_now()}
+            if "shm" in request.metadata:  # answers the client's offer
+                metadata["shm"] = self.reply_shm
             self.send_to_controller("apply_reply", content, request, metadata, buffers)
         except Exception as exc:  # e.g. a result zmq cannot send: still answer
             log.exception("could not send the reply to %s", request.msg_id)
+            self.unclaimed.discard(segments)
             fallback = error_content(exc)
             metadata = {"status": "error", "started": started, "completed": iso_now()}
             self.send_to_controller("apply_reply", fallback, request, metadata)
+
+    def _result_buffers(self, result: Any, request: Message) -> tuple[list[Any], list[str]]:
+        """The reply's buffers for `result`, and the shared-memory segments written for them
+        (when the request's client shares this engine's memory)."""
+        buffers = serialize_result(result)
+        client_pid = _shm.client_pid_if_shared(request.metadata)
+        if client_pid is None or len(buffers) < 2:
+            return buffers, []
+        outgoing = _shm.Outgoing(buffers)
+        try:
+            buffers, segments = outgoing.for_message(_shm.reply_prefix(request.msg_id))
+        finally:
+            outgoing.close()
+        self.unclaimed.add(segments, client_pid)
+        return buffers, segments
 
     # -- stopping ----------------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ helper in the notebook takes effect on the next call.
 Results are pickled with cloudpickle too: functions and classes defined on the engine (by `%px`,
 `run`, `execute`) live in the engine's `__main__`, which the client cannot import from, so they
 must travel by value.
+
+Between a client and an engine on the same host, buffers of 1 MiB or more may travel through
+shared memory instead of as frames (`_shm`); the deserializers here accept both.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any, Callable, Iterator
 
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle_impl
+
+from . import _shm
 
 # Buffers at least this large travel as their own frames; smaller ones stay inside the pickle,
 # where copying them is cheaper than a frame of their own.
@@ -245,6 +250,7 @@ def serialize_call(f: Callable[..., Any], args: tuple | list = (), kwargs: dict 
 def deserialize_call(frames: list[Any], namespace: dict[str, Any]) -> tuple[Callable[..., Any], tuple, dict]:
     """`(f, args, kwargs)` from an apply_request's buffers, with interactive functions bound to
     `namespace`."""
+    frames = _shm.attach(frames)
     if not frames:
         raise ValueError("the apply_request carries no buffers (expected the pickled call)")
     with bound_to(namespace):
@@ -260,6 +266,7 @@ def serialize_result(obj: Any) -> list[Any]:
 
 
 def deserialize_result(frames: list[Any]) -> Any:
+    frames = _shm.attach(frames)
     if not frames:
         raise ValueError("the apply_reply carries no buffers (expected the pickled result)")
     return pickle.loads(frames[0], buffers=frames[1:])

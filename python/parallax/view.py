@@ -204,7 +204,7 @@ class DirectView(View):
         targets = self.targets if targets is None else targets
         ids = self.client._build_targets(targets)
         call = serialize_call(f, args, kwargs)
-        tasks = [self.client._submit_apply(call, {"engine": e}, engine_id=e, label=label) for e in ids]
+        tasks = self.client._submit_apply_each(call, ids, label=label)
         single = isinstance(targets, int)
         ar = AsyncResult(self.client, tasks[0] if single else tasks, fname=getname(f), targets=ids)
         return self._finish(ar, block)
@@ -307,7 +307,7 @@ class DirectView(View):
         ids = self._targets(targets)
         _split, join = _partition.distribution(dist)
         call = serialize_call(_remote._pull, (key,))
-        tasks = [self.client._submit_apply(call, {"engine": e}, engine_id=e) for e in ids]
+        tasks = self.client._submit_apply_each(call, ids)
         ar = AsyncMapResult(self.client, tasks, joiner=join, fname="gather")
         return self._finish(ar, block)
 

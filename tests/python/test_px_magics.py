@@ -765,6 +765,17 @@ def test_magic_cells_count_like_ordinary_cells(px_kernel: Kernel) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_magic_cells_are_in_the_local_history(px_kernel: Kernel) -> None:
+    """The local kernel's history holds each magic cell under its count (the entries are sent in
+    batches, before the next ordinary cell runs), so `In`, `_ih` and %history see them."""
+    d = px_kernel.driver
+    for code in ["1", "%px a = 1", "%%px\nb = 2", "'x'"]:
+        assert d.execute(code).reply["content"]["status"] == "ok"
+    ex = d.execute("print(repr(In[2]), repr(In[3]), len(In))")
+    assert ex.stream() == "'%px a = 1' '%%px\\nb = 2' 6\n", ex.summary()
+
+
+@pytest.mark.timeout(60)
 def test_bad_magic_cell_takes_a_count(px_kernel: Kernel) -> None:
     d = px_kernel.driver
     counts = []

@@ -251,6 +251,7 @@ impl Hub {
                 failed: false,
                 balanced,
                 reclaiming: false,
+                via_support: true,
             },
         );
         self.next_seq += 1;
@@ -258,17 +259,15 @@ impl Hub {
         self.save_engine(id);
     }
 
-    /// Engine `id` is gone or restarting its kernel: its apply tasks died with the kernel (and,
-    /// when `everything`, so did its execute requests). Load-balanced tasks with retries left go
+    /// Engine `id` is gone or restarting its kernel: the tasks its kernel's support ran died
+    /// with the kernel (and, when `everything`, so did those the engine process relays). Load-balanced tasks with retries left go
     /// back to the queue; the others fail, oldest first.
     pub(super) async fn lose_tasks_of(&mut self, id: EngineId, everything: bool) {
         self.scheduler.close(id);
         let mut lost: Vec<(u64, String)> = self
             .tasks
             .iter()
-            .filter(|(_, task)| {
-                task.engine == id && (everything || task.request.msg_type() == "apply_request")
-            })
+            .filter(|(_, task)| task.engine == id && (everything || task.via_support))
             .map(|(msg_id, task)| (task.seq, msg_id.clone()))
             .collect();
         lost.sort();

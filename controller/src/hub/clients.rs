@@ -1,5 +1,6 @@
 //! What clients send: the hub's queries, interrupts, and `execute_request`s routed to the engine
-//! their metadata names. Every request gets a reply; one the controller does not know gets
+//! their metadata names (to the engine support in its kernel when it has one, else to the
+//! engine process, which passes them to the kernel's shell). Every request gets a reply; one the controller does not know gets
 //! `<type>_reply` with `status: error`.
 
 use std::collections::BTreeMap;
@@ -322,8 +323,14 @@ impl Hub {
         let Some(engine) = self.registry.get_mut(engine_id) else {
             return;
         };
+        // A kernel with the engine support runs cells itself, without its shell's overhead;
+        // others get them through the engine process.
+        let via_support = engine.support.is_some();
         let mut forward = message.clone();
-        forward.identities = engine.route.clone();
+        forward.identities = engine
+            .support
+            .clone()
+            .unwrap_or_else(|| engine.route.clone());
         engine.info.queue += 1;
         engine.settle_state();
         self.scheduler.sent(engine_id);
@@ -342,6 +349,7 @@ impl Hub {
                 failed: false,
                 balanced: None,
                 reclaiming: false,
+                via_support,
             },
         );
         self.next_seq += 1;

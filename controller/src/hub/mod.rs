@@ -76,6 +76,9 @@ struct Task {
     /// Asked back from its engine (not started there yet) for an idle engine: an `aborted`
     /// answer puts it back in the queue instead of failing it.
     reclaiming: bool,
+    /// Sent to the engine support in the kernel (not the engine process): it dies with the
+    /// kernel, even when the engine restarts one.
+    via_support: bool,
 }
 
 /// The hub's state. See the module doc.

@@ -110,27 +110,17 @@ impl Active {
     /// Whether `message` is the local kernel's answer to one of this request's local jobs.
     fn is_local_child(&self, message: &Message) -> bool {
         let parent = message.parent_msg_id();
-        let matches = |job: &LocalJob| parent == Some(job.local_msg_id.as_str());
-        self.local().is_some_and(matches)
-            || self
-                .plan
-                .as_ref()
-                .and_then(|p| p.history.as_ref())
-                .is_some_and(matches)
+        self.local()
+            .is_some_and(|job| parent == Some(job.local_msg_id.as_str()))
     }
 
-    /// The local job `message` answers: the running one, or a plan's history step.
+    /// The local job `message` answers, if it is the running one.
     fn job_for(&mut self, message: &Message) -> Option<&mut LocalJob> {
         let parent = message.parent_msg_id();
-        if let Job::Local(job) = &mut self.job {
-            if parent == Some(job.local_msg_id.as_str()) {
-                return Some(job);
-            }
+        match &mut self.job {
+            Job::Local(job) if parent == Some(job.local_msg_id.as_str()) => Some(job),
+            _ => None,
         }
-        self.plan
-            .as_mut()
-            .and_then(|p| p.history.as_mut())
-            .filter(|job| parent == Some(job.local_msg_id.as_str()))
     }
 }
 
@@ -177,6 +167,7 @@ enum Event {
     Engine(Message),
     /// Time to show progress of, or check on, the running parallel step.
     PxTimer,
+    HistoryDue,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +214,13 @@ pub struct Kernel {
     queue: VecDeque<Queued>,
     active: Option<Active>,
     routes: Routes,
+    /// History steps of magic cells already answered (see `plan`), still running in the local
+    /// kernel: what it sends for them is taken in here, never shown.
+    detached: Vec<LocalJob>,
+    /// Magic cells whose history entries the local kernel has not been sent yet (see `plan`),
+    /// and when they are sent at the latest.
+    pending_history: Vec<(Message, String)>,
+    history_due: Option<Instant>,
     execution_count: u64,
     stopping: bool,
     /// The cluster profile `%px` uses.
@@ -289,6 +287,9 @@ impl Kernel {
             queue: VecDeque::new(),
             active: None,
             routes: Routes::default(),
+            detached: Vec::new(),
+            pending_history: Vec::new(),
+            history_due: None,
             execution_count: 0,
             stopping: false,
         }
@@ -318,6 +319,7 @@ impl Kernel {
             _ => far,
         };
         let px_at = self.px_timer().unwrap_or(far);
+        let history_at = self.history_due.unwrap_or(far);
         let (iopub, replies, inputs, exited, starting) = match &mut self.local {
             LocalState::Ready(local) => (
                 Some(&mut local.client.iopub),
@@ -359,6 +361,7 @@ impl Kernel {
             Some(message) = self.engine_rx.recv() => Event::Engine(message),
             _ = tokio::time::sleep_until(stall_at) => Event::Stalled,
             _ = tokio::time::sleep_until(px_at) => Event::PxTimer,
+            _ = tokio::time::sleep_until(history_at) => Event::HistoryDue,
         }
     }
 
@@ -406,6 +409,7 @@ impl Kernel {
             }
             Event::Engine(message) => self.on_engine_message(message).await,
             Event::PxTimer => self.on_px_timer().await,
+            Event::HistoryDue => self.send_history().await,
         }
     }
 
@@ -483,6 +487,7 @@ impl Kernel {
     /// Sends a shell request on to the local kernel. Returns true if it is now active; false if it
     /// was answered here (the local kernel could not take it).
     async fn forward(&mut self, request: &Message, expects_reply: bool) -> bool {
+        self.send_history().await;
         let local = match &self.local {
             LocalState::Ready(local) => local,
             LocalState::Failed(reason) => {
@@ -539,6 +544,9 @@ impl Kernel {
     }
 
     async fn on_local_iopub(&mut self, mut message: Message) {
+        if self.take_detached(&message) {
+            return;
+        }
         match message.msg_type() {
             "status" => {
                 let idle = message
@@ -582,6 +590,9 @@ impl Kernel {
     }
 
     async fn on_local_reply(&mut self, mut message: Message) {
+        if self.take_detached(&message) {
+            return;
+        }
         let Some(active) = &mut self.active else {
             return;
         };
@@ -640,11 +651,43 @@ impl Kernel {
         }
     }
 
-    async fn complete_if_done(&mut self) {
-        if self.history_done_while_awaited() {
-            self.run_plan().await;
-            return;
+    /// Whether `message` belongs to a detached history step (and was taken in: its reply's
+    /// count is the cell's, already announced; its status and input are not shown).
+    fn take_detached(&mut self, message: &Message) -> bool {
+        let parent = message.parent_msg_id();
+        let Some(index) = self
+            .detached
+            .iter()
+            .position(|job| parent == Some(job.local_msg_id.as_str()))
+        else {
+            return false;
+        };
+        let job = &mut self.detached[index];
+        match message.msg_type() {
+            "status" => {
+                job.idle |= message
+                    .content_as::<StatusContent>()
+                    .is_ok_and(|s| s.execution_state == "idle");
+            }
+            "execute_reply" => {
+                if let Some(count) = message
+                    .content_as::<ReplyStatus>()
+                    .ok()
+                    .and_then(|s| s.execution_count)
+                {
+                    self.execution_count = self.execution_count.max(count);
+                }
+                job.reply = Some(message.clone());
+            }
+            _ => {}
         }
+        if self.detached[index].done() {
+            self.detached.remove(index);
+        }
+        true
+    }
+
+    async fn complete_if_done(&mut self) {
         let done = self
             .active
             .as_ref()
@@ -690,6 +733,10 @@ impl Kernel {
                 self.on_local_iopub(message).await;
             }
         }
+        // Their cells were answered; a new kernel, which counts from 1, will not answer them.
+        self.detached.clear();
+        self.pending_history.clear();
+        self.history_due = None;
         let name = self.local_name.clone();
         tracing::warn!(kernel = %name, %exit, "local kernel died; starting a new one");
         self.local = spawn_start(name.clone());

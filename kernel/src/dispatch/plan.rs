@@ -3,7 +3,12 @@
 //! The cell's `busy`, its one `execute_input` and its `execute_reply` come from here. The cell
 //! takes its execution count and history entry from the local kernel by sending it a commented
 //! copy of itself with `store_history` at the start (so a cell that fails early still counts, as
-//! in IPython); that runs while the steps go on, and the cell is answered once it has replied.
+//! in IPython). The count is known in advance (the local kernel runs requests in order), so a
+//! cell never waits for its history step: an ipykernel takes milliseconds per request, more than
+//! a whole `%px` round trip. History steps are queued and sent before anything else goes to the
+//! local kernel, or [`HISTORY_DELAY`] after the first was queued; they finish unseen (*detached*).
+//! For an IPython kernel, one silent cell records all queued cells in its history and advances
+//! its count; another kernel gets one commented copy of each cell with `store_history`.
 //! Local steps go to the local kernel without `store_history` (it runs requests in order, after
 //! the history step), parallel steps go to the engines through the controller, and the other
 //! steps (`%pxconfig`, `%autopx`, `%pxresult`, `%cluster`) are served here. The first step that
@@ -30,6 +35,10 @@ use parallax_wire::replies::error_content;
 use super::{Active, Job, Kernel, LocalJob, LocalState};
 use crate::px::{self, PxRun};
 
+/// How long the history entries of magic cells may wait before they are sent to the local
+/// kernel (when nothing else is sent to it first).
+pub(super) const HISTORY_DELAY: Duration = Duration::from_millis(200);
+
 /// How long a request to the controller may take before the cluster counts as gone.
 const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a running parallel step checks that the controller still answers.
@@ -38,10 +47,6 @@ const WATCHDOG: Duration = Duration::from_secs(3);
 /// The rest of a cell's plan.
 pub(super) struct PlanState {
     steps: VecDeque<Step>,
-    /// The commented copy of the cell that takes its count and history entry, running alongside.
-    pub(super) history: Option<LocalJob>,
-    /// The steps are done and the answer waits for `history`.
-    awaiting_history: bool,
     silent: bool,
     /// The cell's execution count, as its `execute_input` announced it.
     count: u64,
@@ -134,24 +139,23 @@ impl Kernel {
                 VecDeque::new()
             }
         };
-        let history = if store_history {
-            let commented: Vec<String> = content.code.lines().map(|l| format!("# {l}")).collect();
-            self.send_history_step(&request, commented.join("\n")).await
-        } else {
-            None
-        };
+        if store_history {
+            let mut kept = request.clone();
+            kept.buffers.clear();
+            self.pending_history.push((kept, content.code.clone()));
+            self.history_due
+                .get_or_insert_with(|| Instant::now() + HISTORY_DELAY);
+        }
         self.active = Some(Active {
             request,
             job: Job::Between,
             plan: Some(PlanState {
                 steps,
-                awaiting_history: false,
                 silent: content.silent,
                 count,
                 error: None,
                 deferred_error,
                 after_local: None,
-                history,
                 checked: Instant::now(),
             }),
             last_activity: Instant::now(),
@@ -175,10 +179,7 @@ impl Kernel {
                 plan.steps.pop_front()
             };
             let Some(step) = next else {
-                if plan.history.as_ref().is_some_and(|h| !h.done()) {
-                    plan.awaiting_history = true;
-                    return;
-                }
+                self.execution_count = self.execution_count.max(plan.count);
                 if plan.error.is_none() {
                     plan.error = plan.deferred_error.take();
                 }
@@ -244,6 +245,7 @@ impl Kernel {
     }
 
     async fn start_local_step(&mut self, code: String) -> Outcome {
+        self.send_history().await;
         let Some(active) = &mut self.active else {
             return Outcome::Done;
         };
@@ -285,32 +287,56 @@ impl Kernel {
 
     /// Sends the commented copy of the cell that takes its count and history entry; it runs
     /// while the plan goes on.
-    async fn send_history_step(&mut self, request: &Message, code: String) -> Option<LocalJob> {
+    /// Sends the queued history steps to the local kernel (see the module doc); they run
+    /// detached.
+    pub(super) async fn send_history(&mut self) {
+        self.history_due = None;
+        if self.pending_history.is_empty() {
+            return;
+        }
         let LocalState::Ready(local) = &self.local else {
-            return None;
+            return;
         };
-        let mut content: Value = request.content_as().unwrap_or_else(|_| json!({}));
-        content["code"] = json!(code);
-        content["store_history"] = json!(true);
-        content["silent"] = json!(false);
-        let bytes = parallax_wire::to_json_bytes(&content);
-        let local_msg_id = Self::send_local(local, request, bytes).await?;
-        self.routes.insert(local_msg_id.clone(), request);
-        Some(LocalJob {
-            local_msg_id,
-            expects_reply: true,
-            reply: None,
-            idle: false,
-            input_seen: false,
-        })
-    }
-
-    /// Whether the plan was waiting only for its history step, which is now done.
-    pub(super) fn history_done_while_awaited(&self) -> bool {
-        self.active
-            .as_ref()
-            .and_then(|a| a.plan.as_ref())
-            .is_some_and(|p| p.awaiting_history && p.history.as_ref().is_some_and(LocalJob::done))
+        let cells = std::mem::take(&mut self.pending_history);
+        let ipython = local.info.get("implementation").and_then(Value::as_str) == Some("ipython");
+        let steps: Vec<(Message, Value)> = if ipython {
+            let sources: Vec<&str> = cells.iter().map(|(_, code)| code.as_str()).collect();
+            let code = format!(
+                "(lambda ip, cells: [(ip.history_manager.store_inputs(ip.execution_count, c, c), \
+                 setattr(ip, 'execution_count', ip.execution_count + 1)) for c in cells])\
+                 (get_ipython(), {})",
+                json!(sources)
+            );
+            let content = json!({"code": code, "silent": true, "store_history": false,
+                                 "user_expressions": {}, "allow_stdin": false,
+                                 "stop_on_error": false});
+            vec![(cells[cells.len() - 1].0.clone(), content)]
+        } else {
+            cells
+                .into_iter()
+                .map(|(request, code)| {
+                    let commented: Vec<String> = code.lines().map(|l| format!("# {l}")).collect();
+                    let mut content: Value = request.content_as().unwrap_or_else(|_| json!({}));
+                    content["code"] = json!(commented.join("\n"));
+                    content["store_history"] = json!(true);
+                    content["silent"] = json!(false);
+                    (request, content)
+                })
+                .collect()
+        };
+        for (request, content) in steps {
+            let bytes = parallax_wire::to_json_bytes(&content);
+            let Some(local_msg_id) = Self::send_local(local, &request, bytes).await else {
+                return;
+            };
+            self.detached.push(LocalJob {
+                local_msg_id,
+                expects_reply: true,
+                reply: None,
+                idle: false,
+                input_seen: false,
+            });
+        }
     }
 
     /// A local step has replied and gone idle: carry on with the plan.

@@ -1,0 +1,233 @@
+"""Running `execute_request`s (the code of `%px` cells, `view.execute`) in the engine support.
+
+The kernel's shell costs milliseconds per message, so the support runs cells too: with
+`shell.run_cell`, on the kernel's main thread, like the kernel would. What the cell shows goes to
+the controller on the support's own link, parented to the request, before its `execute_reply`:
+
+- printed text: `stream` (the support's task streams, flushed at least every `FLUSH_EVERY`
+  seconds by a small thread while a cell runs, so a cell that prints a line a second shows each
+  line as it comes);
+- the value of the last expression: `execute_result` with the engine's execution count;
+- `display()`: `display_data`, `update_display_data`, `clear_output`;
+- an exception: `error` with IPython's traceback, and an error reply;
+- `status` `busy` when it starts (the controller's record of when it started);
+- output written to file descriptors 1 and 2 (a subprocess, a C extension): ipykernel reads it
+  from a pipe in a thread of its own and writes it to its stream objects; while a cell runs,
+  those writes go to the cell's streams instead, and at the end (if the descriptor was used) a
+  marker written to it and seen coming back proves that everything before it has arrived.
+
+The kernel's display hook, display publisher and traceback display are pointed at the support
+for the cell's duration only (instance attributes over the class's methods, removed after), so
+the kernel's own cells are untouched.
+"""
+
+from __future__ import annotations
+
+import _signal
+import os
+import select
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ._wire import Message, iso_now
+
+if TYPE_CHECKING:
+    from .engine import EngineSupport
+
+FLUSH_EVERY = 0.1  # seconds
+FD_DRAIN_TIMEOUT = 1.0  # seconds to wait for a cell's descriptor output to come through
+_SIGINT = int(signal.SIGINT)
+
+
+class _Flusher:
+    """A daemon thread that flushes the task streams while a cell runs."""
+
+    def __init__(self, support: EngineSupport) -> None:
+        self.support = support
+        self.running = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="parallax-cell-flush", daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        while not self.support.stopped:
+            self.running.wait()
+            while self.running.wait(0) and not self.support.stopped:
+                self.support.stdout.flush_any_thread(whole_lines=True)
+                self.support.stderr.flush_any_thread(whole_lines=True)
+                threading.Event().wait(FLUSH_EVERY)
+
+
+_flushers: dict[int, _Flusher] = {}
+
+
+class _FdCapture:
+    """Sends what ipykernel reads from one redirected descriptor to a cell's stream."""
+
+    def __init__(self, kernel_stream: Any, task_stream: Any) -> None:
+        self.kernel_stream = kernel_stream
+        self.task_stream = task_stream
+        self.fd = kernel_stream._original_stdstream_fd
+        self.marker = f"\x00parallax-{id(self):x}-{threading.get_ident():x}\x00"
+        self.seen = threading.Event()
+        self.tail = ""
+        self.used = False
+
+    @staticmethod
+    def available(kernel_stream: Any) -> bool:
+        thread = getattr(kernel_stream, "watch_fd_thread", None)
+        return thread is not None and thread.is_alive() and getattr(kernel_stream, "_fid", None) is not None
+
+    def write(self, text: str) -> int:
+        self.used = True
+        text = self.tail + text
+        self.tail = ""
+        if self.marker in text:
+            before, _, after = text.partition(self.marker)
+            self.task_stream.write(before + after)
+            self.seen.set()
+            return len(text)
+        # Keep what could be the start of a marker cut by the pipe's read size.
+        start = text.rfind("\x00")
+        if start != -1 and self.marker.startswith(text[start:]):
+            text, self.tail = text[:start], text[start:]
+        if text:
+            self.task_stream.write(text)
+        return len(text)
+
+    def start(self) -> None:
+        self.kernel_stream.write = self.write
+
+    def finish(self) -> None:
+        """Waits for the marker (everything written before it has come through), then lets the
+        kernel's stream write as before."""
+        try:
+            # Only when the descriptor was used: the marker also reaches the kernel's own log.
+            pending, _, _ = select.select([self.kernel_stream._fid], [], [], 0)
+            if self.used or pending:
+                os.write(self.fd, self.marker.encode())
+                self.seen.wait(FD_DRAIN_TIMEOUT)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.kernel_stream.__dict__.pop("write", None)
+            if self.tail:
+                self.task_stream.write(self.tail)
+
+
+def _flusher(support: EngineSupport) -> _Flusher:
+    flusher = _flushers.get(id(support))
+    if flusher is None:
+        flusher = _flushers[id(support)] = _Flusher(support)
+    return flusher
+
+
+def run_cell(support: EngineSupport, request: Message) -> None:
+    """Run one execute_request's code in the kernel's shell and send its outputs and reply."""
+    shell = support.shell
+    content = request.content
+    code = str(content.get("code", ""))
+    silent = bool(content.get("silent", False))
+    store_history = bool(content.get("store_history", not silent))
+    started = iso_now()
+    if shell is None:
+        reply = {"status": "error", "ename": "RuntimeError",
+                 "evalue": "the engine's kernel has no IPython shell to run code in", "traceback": []}
+        support.send_to_controller("execute_reply", reply, request,
+                                   {"status": "error", "started": started, "completed": iso_now()})
+        return
+
+    # As a kernel would: the controller records the cell as started (the Clusters page shows
+    # it as the engine's current task).
+    support.send_to_controller("status", {"execution_state": "busy"}, request)
+
+    def send(msg_type: str, body: dict[str, Any]) -> None:
+        if not silent:
+            support.send_to_controller(msg_type, body, request)
+
+    def finish_displayhook() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        message = getattr(displayhook, "msg", None)
+        displayhook.msg = None
+        if message and message["content"].get("data"):
+            support.stdout.flush()
+            send("execute_result", message["content"])
+
+    def publish(data: Any, metadata: Any = None, source: Any = None, *, transient: Any = None,
+                update: bool = False, **_: Any) -> None:
+        support.stdout.flush()
+        support.stderr.flush()
+        body = {"data": data, "metadata": metadata or {}, "transient": transient or {}}
+        send("update_display_data" if update else "display_data", body)
+
+    def clear_output(wait: bool = False) -> None:
+        support.stdout.flush()
+        send("clear_output", {"wait": wait})
+
+    errors: list[dict[str, Any]] = []
+
+    def show_traceback(etype: Any, evalue: Any, stb: list[str]) -> None:
+        support.stdout.flush()
+        support.stderr.flush()
+        error = {"ename": getattr(etype, "__name__", str(etype)), "evalue": str(evalue), "traceback": stb}
+        errors.append(error)
+        send("error", error)
+
+    displayhook = shell.displayhook
+    display_pub = shell.display_pub
+    overrides = [
+        (displayhook, "finish_displayhook", finish_displayhook),
+        (display_pub, "publish", publish),
+        (display_pub, "clear_output", clear_output),
+        (shell, "_showtraceback", show_traceback),
+    ]
+    saved_streams = sys.stdout, sys.stderr
+    support.stdout.begin(request, sys.__stdout__ if sys.stdout is None else sys.stdout)
+    support.stderr.begin(request, sys.__stderr__ if sys.stderr is None else sys.stderr)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    saved_handler = _signal.signal(_SIGINT, signal.default_int_handler) if on_main_thread else None
+    flusher = _flusher(support)
+    captures = [
+        _FdCapture(kernel_stream, task_stream)
+        for kernel_stream, task_stream in zip(saved_streams, (support.stdout, support.stderr))
+        if _FdCapture.available(kernel_stream)
+    ]
+    result = None
+    try:
+        for capture in captures:
+            capture.start()
+        for target, name, replacement in overrides:
+            setattr(target, name, replacement)
+        sys.stdout, sys.stderr = support.stdout, support.stderr
+        flusher.running.set()
+        result = shell.run_cell(code, store_history=store_history, silent=silent)
+    finally:
+        for capture in captures:
+            capture.finish()
+        flusher.running.clear()
+        sys.stdout, sys.stderr = saved_streams
+        if saved_handler is not None:
+            _signal.signal(_SIGINT, saved_handler)
+        for target, name, _ in overrides:
+            target.__dict__.pop(name, None)
+        support.stdout.flush()
+        support.stderr.flush()
+    count = shell.execution_count - 1 if store_history else shell.execution_count
+    failed = result is not None and not result.success
+    if failed:
+        error = errors[-1] if errors else _error_of(result)
+        reply = {"status": "error", "execution_count": count, **error}
+    else:
+        reply = {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}
+    metadata = {"status": reply["status"], "started": started, "completed": iso_now()}
+    support.send_to_controller("execute_reply", reply, request, metadata)
+
+
+def _error_of(result: Any) -> dict[str, Any]:
+    """An error reply's fields for a failed run_cell whose traceback was not shown."""
+    exc = result.error_in_exec or result.error_before_exec
+    if exc is None:
+        return {"ename": "RuntimeError", "evalue": "the cell failed", "traceback": []}
+    return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": [f"{type(exc).__name__}: {exc}"]}
