@@ -11,6 +11,7 @@ BENCHES=(
     bench/kernel_roundtrip.py
     bench/cluster_start.py
     bench/px_roundtrip.py
+    bench/client_bench.py
 )
 
 scripts/setup.sh
