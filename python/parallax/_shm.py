@@ -301,7 +301,8 @@ class Outgoing:
 # -- reply segments an engine wrote ------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -344,7 +345,7 @@ class Unclaimed:
         for name, pid in segments:
             if not os.path.exists(os.path.join(SHM_DIR, name)):
                 gone.append(name)
-            elif not _pid_alive(pid):
+            elif not pid_alive(pid):
                 orphaned.append(name)
         unlink(orphaned)
         with self._lock:

@@ -43,6 +43,7 @@ from typing import Any, Callable
 import zmq
 
 from . import _shm, error
+from ._shm import pid_alive
 from ._database import TaskDatabase
 from ._wire import Message, Session
 from ._zmqio import Outbox, recv_frames, send_frames
@@ -79,14 +80,6 @@ def _start_hint(profile: str) -> str:
     return f"Start one with `parallax cluster start -n 4 --profile {profile}` (or parallax.Cluster(n=4, profile={profile!r}).start_and_connect_sync())."
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_local(url: str) -> bool:
@@ -167,7 +160,7 @@ class Client(TaskDatabase):
         self.timeout = timeout
         self._controller_pid = int(info["controller_pid"]) if info.get("controller_pid") else None
         self._watch_controller = self._controller_pid is not None and _is_local(self.url)
-        if self._watch_controller and not _pid_alive(self._controller_pid):  # type: ignore[arg-type]
+        if self._watch_controller and not pid_alive(self._controller_pid):  # type: ignore[arg-type]
             raise error.NoClusterError(
                 f"The cluster of profile {self.profile!r} is not running: {source} names controller pid "
                 f"{self._controller_pid}, which has exited. {_start_hint(self.profile)}"
@@ -363,7 +356,7 @@ class Client(TaskDatabase):
             task.metadata["engine_uuid"] = info.get("uuid")
 
     def _check_controller(self) -> None:
-        if self._lost is None and not _pid_alive(self._controller_pid):  # type: ignore[arg-type]
+        if self._lost is None and not pid_alive(self._controller_pid):  # type: ignore[arg-type]
             self._fail_everything(
                 f"the controller of profile {self.profile!r} (pid {self._controller_pid}) has exited, "
                 f"so this request will not be answered. {_start_hint(self.profile)}"

@@ -24,8 +24,13 @@ from typing import Any
 from .client import Client, default_profile
 
 
+# The release build of the source checkout this package is installed from (editable installs).
+CHECKOUT_BINARY = Path(__file__).resolve().parents[2] / "target" / "release" / "parallax"
+
+
 def parallax_binary() -> str:
-    """Path of the `parallax` executable."""
+    """Path of the `parallax` executable: $PARALLAX_BIN, else on PATH, else next to this Python
+    (the set-up links it into the venv), else this checkout's release build."""
     explicit = os.environ.get("PARALLAX_BIN")
     if explicit:
         return explicit
@@ -35,9 +40,12 @@ def parallax_binary() -> str:
     beside_python = Path(sys.executable).parent / "parallax"
     if beside_python.is_file():
         return str(beside_python)
+    checkout = CHECKOUT_BINARY
+    if checkout.is_file():
+        return str(checkout)
     raise FileNotFoundError(
         "The `parallax` binary was not found: set PARALLAX_BIN to its path, or put it on PATH "
-        f"(looked on PATH and in {beside_python.parent})."
+        f"(looked on PATH, in {beside_python.parent} and at {checkout})."
     )
 
 

@@ -950,6 +950,7 @@ def test_cluster_without_the_binary_says_where_it_looked(tmp_path: Path, monkeyp
     monkeypatch.delenv("PARALLAX_BIN", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
+    monkeypatch.setattr("parallax.cluster.CHECKOUT_BINARY", tmp_path / "target" / "parallax")
     with pytest.raises(FileNotFoundError, match="set PARALLAX_BIN"):
         parallax_binary()
     monkeypatch.setenv("PARALLAX_BIN", "/opt/parallax")

@@ -639,6 +639,21 @@ def test_single_engine_error_is_a_remote_error(px_kernel: Kernel, stream: str) -
     )
 
 
+@pytest.mark.timeout(90)
+def test_out_keeps_the_async_result_in_the_local_namespace(px_kernel: Kernel) -> None:
+    """`--out NAME` (and `-o`) leaves the run's AsyncResult in the local kernel, for a blocking
+    cell (done) and a non-blocking one (its get() waits); a bad name is a clear error."""
+    d = px_kernel.driver
+    _ok(d.execute("%%px --out ar\nprint('hi')\n6 * 7"))
+    ex = d.execute("print(type(ar).__name__, ar.ready(), ar.successful(), ar.stdout)")
+    assert ex.stream() == "AsyncHubResult True True ['hi\\n', 'hi\\n']\n", ex.summary()
+    _ok(d.execute("%%px --noblock -o later\nimport time; time.sleep(0.5); print('done')"))
+    ex = d.execute("later.wait(10); print(later.ready(), later.stdout)")
+    assert ex.stream() == "True ['done\\n', 'done\\n']\n", ex.summary()
+    content = _failed(d.execute("%%px --out 2x\n1"))
+    assert (content["ename"], content["evalue"]) == ("UsageError", '%%px: bad value "2x" for --out (a Python name)')
+
+
 @pytest.mark.timeout(60)
 def test_unknown_target_is_a_clear_error(px_kernel: Kernel) -> None:
     ex = px_kernel.driver.execute("%%px --targets 7\nprint('never')")

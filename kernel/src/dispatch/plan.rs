@@ -429,13 +429,31 @@ impl Kernel {
             stop_on_error: false,
         };
         let mut run = PxRun::new(step.options.clone(), targets.clone(), request.msg_id());
+        let mut msg_ids = Vec::new();
         for &engine in &targets {
             match client
                 .submit(engine, &step.code, &options, engine_tx.clone())
                 .await
             {
-                Ok(msg_id) => run.sent(msg_id, engine),
+                Ok(msg_id) => {
+                    msg_ids.push(msg_id.clone());
+                    run.sent(msg_id, engine);
+                }
                 Err(error) => return failed("ControllerError", &error.to_string()),
+            }
+        }
+        if let Some(name) = &step.options.out {
+            // After the engines' run (and the local copy of a --local cell), the local kernel
+            // gets the same requests as an AsyncResult. The parser took only a Python name.
+            let code = format!(
+                "import parallax._kernel as _parallax_kernel\n\
+                 {name} = _parallax_kernel.result({}, {})\n\
+                 del _parallax_kernel",
+                json!(self.profile),
+                json!(msg_ids)
+            );
+            if let Some(plan) = self.active.as_mut().and_then(|a| a.plan.as_mut()) {
+                plan.steps.push_front(Step::Local(code));
             }
         }
         if step.options.verbose {

@@ -18,12 +18,12 @@ import atexit
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
-from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from ..cluster import parallax_binary
 
 from tornado import httputil, web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -54,23 +54,13 @@ _URL = re.compile(rb"Parallax dashboard: (http://[^/\s]+)/")
 START_TIMEOUT = 30.0
 
 
-def find_binary() -> str:
-    """The `parallax` binary: $PARALLAX_BIN, else on PATH, else the checkout's release build."""
-    explicit = os.environ.get("PARALLAX_BIN")
-    if explicit:
-        return explicit
-    on_path = shutil.which("parallax")
-    if on_path:
-        return on_path
-    checkout = Path(__file__).resolve().parents[3] / "target" / "release" / "parallax"
-    return str(checkout)
 
 
 class Dashboard:
     """The `parallax dashboard` child: started on first use, stopped with the server."""
 
     def __init__(self, binary: Optional[str] = None, log: Any = None) -> None:
-        self.binary = binary or find_binary()
+        self.binary = binary or parallax_binary()
         self.token = secrets.token_hex(24)
         self.url: Optional[str] = None
         self.process: Optional[subprocess.Popen[bytes]] = None
