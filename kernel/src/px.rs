@@ -191,7 +191,8 @@ impl PxRun {
             )
         };
         let errors = EngineError::collect(&self.outputs);
-        (emits, final_error(&errors, streamed))
+        let single = self.options.targets.is_single();
+        (emits, final_error(&errors, streamed, single))
     }
 }
 

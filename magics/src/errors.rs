@@ -65,11 +65,30 @@ pub fn already_displayed_error(n: usize) -> ErrorContent {
     }
 }
 
-/// The cell's error for a finished step, if any engine failed: [`already_displayed_error`]
-/// when the errors were streamed, [`composite_error`] otherwise.
-pub fn final_error(errors: &[EngineError], streamed: bool) -> Option<ErrorContent> {
+/// One engine's error as ipyparallel raises it for a run on that engine alone: `RemoteError`,
+/// `evalue` `[0:execute] ZeroDivisionError: division by zero` (`str(RemoteError)`), the
+/// engine's traceback.
+pub fn remote_error(error: &EngineError) -> ErrorContent {
+    ErrorContent {
+        ename: "RemoteError".into(),
+        evalue: format!(
+            "{} {}: {}",
+            engine_label(error.engine),
+            error.ename,
+            error.evalue
+        ),
+        traceback: traceback_lines(&error.traceback),
+    }
+}
+
+/// The cell's error for a finished step, if any engine failed: [`remote_error`] for a step on
+/// one engine named alone (`single`), else [`already_displayed_error`] when the errors were
+/// streamed and [`composite_error`] otherwise.
+pub fn final_error(errors: &[EngineError], streamed: bool, single: bool) -> Option<ErrorContent> {
     if errors.is_empty() {
         None
+    } else if let ([error], true) = (errors, single) {
+        Some(remote_error(error))
     } else if streamed {
         Some(already_displayed_error(errors.len()))
     } else {

@@ -26,7 +26,8 @@
 //!   `[output:0]` shapes shared by both renderers.
 //! - `stream`: [`StreamRenderer`], output as it arrives.
 //! - `grouped`: [`render_grouped`], output all at once by type, engine or order.
-//! - `errors`: [`composite_error`], [`already_displayed_error`], [`final_error`].
+//! - `errors`: [`composite_error`], [`already_displayed_error`], [`remote_error`],
+//!   [`final_error`].
 //! - `traceback`: [`user_frames`], tracebacks without internal frames.
 //! - `notices`: verbose, `%autopx`, interrupt, pending, aborted and progress messages.
 //! - `error`: [`MagicError`], the crate's one error type.
@@ -47,7 +48,7 @@ mod traceback;
 
 pub use error::MagicError;
 pub use errors::{
-    already_displayed_error, composite_error, final_error, EXECUTE_METHOD, PX_FNAME,
+    already_displayed_error, composite_error, final_error, remote_error, EXECUTE_METHOD, PX_FNAME,
     TRACEBACK_LIMIT,
 };
 pub use grouped::{render_grouped, render_grouped_with};

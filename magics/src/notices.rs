@@ -20,15 +20,14 @@ pub const PENDING_RESULT: &str = "<AsyncResult(%px): pending>";
 /// engine(s): ...` (non-blocking), printed first when verbose (`parallel_execute`).
 ///
 /// The targets read as ipyparallel prints the evaluated `--targets`: `all`; one id or index as
-/// written (`0`, `-1`); a list as a Python list (`[0, 2]`); a slice as the ids it selected
-/// (`engines`), lists longer than ten abbreviated `[0, 1, 2, 3, ..., 8, 9, 10, 11]`.
-/// (ipyparallel prints `--targets 0,2` as the tuple `(0, 2)` and `--targets [0]` as `[0]`; we
-/// print `[0, 2]` and `0`, since we do not keep how the list was bracketed.)
+/// written (`0`, `-1`); a list as a Python list (`[0, 2]`, `[0]`); a slice as the ids it
+/// selected (`engines`), lists longer than ten abbreviated `[0, 1, 2, 3, ..., 8, 9, 10, 11]`.
+/// (ipyparallel prints `--targets 0,2` as the tuple `(0, 2)`; we print `[0, 2]`.)
 pub fn execution_notice(block: bool, targets: &Targets, engines: &[u32]) -> Emit {
     let base = if block { "Parallel" } else { "Async parallel" };
     let shown = match targets {
         Targets::All => "all".to_string(),
-        Targets::Ids(ids) if ids.len() == 1 => ids[0].to_string(),
+        Targets::One(id) => id.to_string(),
         Targets::Ids(ids) => python_list(ids),
         Targets::Slice { .. } => python_list(engines),
     };

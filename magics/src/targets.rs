@@ -29,6 +29,9 @@ pub enum Targets {
     /// Every engine registered when the step runs (lazy: engines that join later are included).
     #[default]
     All,
+    /// One engine id or index, written alone (`0`, `-1`, not `[0]` or `0,`): ipyparallel then
+    /// treats the run as one engine's, whose error is a `RemoteError`, not a composite.
+    One(i64),
     /// Engine ids (non-negative) or indices from the end (negative), in the order written.
     Ids(Vec<i64>),
     /// A Python slice of the sorted list of engine ids.
@@ -91,7 +94,15 @@ impl Targets {
             }
             ids.push(parse_int(item).map_err(|r| bad(&r))?);
         }
+        if let ([id], false) = (ids.as_slice(), inner.len() != t.len() || t.ends_with(',')) {
+            return Ok(Targets::One(*id));
+        }
         Ok(Targets::Ids(ids))
+    }
+
+    /// Whether these targets name one engine alone (see [`Targets::One`]).
+    pub fn is_single(&self) -> bool {
+        matches!(self, Targets::One(_))
     }
 
     /// The engine ids these targets select among `live_ids` (any order; duplicates ignored).
@@ -110,6 +121,7 @@ impl Targets {
         let engines = || id_list(&live);
         let picked = match self {
             Targets::All => live.clone(),
+            Targets::One(id) => return Targets::Ids(vec![*id]).resolve(&live),
             Targets::Ids(ids) => {
                 let mut out: Vec<u32> = Vec::with_capacity(ids.len());
                 for &id in ids {
@@ -157,11 +169,13 @@ impl Targets {
 }
 
 impl fmt::Display for Targets {
-    /// A form [`Targets::parse`] reads back: `all`, `3`, `0,2`, `1:3`, `::2`, `1:5:2`.
+    /// A form [`Targets::parse`] reads back: `all`, `3`, `[3]`, `0,2`, `1:3`, `::2`, `1:5:2`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Targets::All => f.write_str("all"),
+            Targets::One(id) => write!(f, "{id}"),
             Targets::Ids(ids) if ids.is_empty() => f.write_str("[]"),
+            Targets::Ids(ids) if ids.len() == 1 => write!(f, "[{}]", ids[0]),
             Targets::Ids(ids) => {
                 let parts: Vec<String> = ids.iter().map(i64::to_string).collect();
                 f.write_str(&parts.join(","))
@@ -234,9 +248,10 @@ mod tests {
         let cases: &[(&str, Targets)] = &[
             ("all", Targets::All),
             (" ALL ", Targets::All),
-            ("0", Targets::Ids(vec![0])),
-            ("-1", Targets::Ids(vec![-1])),
-            ("+2", Targets::Ids(vec![2])),
+            ("0", Targets::One(0)),
+            ("-1", Targets::One(-1)),
+            ("+2", Targets::One(2)),
+            (" 1 ", Targets::One(1)),
             ("0,2", Targets::Ids(vec![0, 2])),
             ("0, 2", Targets::Ids(vec![0, 2])),
             ("0,", Targets::Ids(vec![0])),

@@ -177,7 +177,7 @@ fn cell_magic_takes_the_whole_body_with_options() {
         ("%%px\r\nx\r\n", vec![par("x\r\n")]),
         (
             "%%px --targets 0\nx",
-            vec![par_with("x", opts(|o| o.targets = Targets::Ids(vec![0])))],
+            vec![par_with("x", opts(|o| o.targets = Targets::One(0)))],
         ),
         (
             "%%px -t 1:3\nx",
@@ -207,7 +207,7 @@ fn cell_magic_takes_the_whole_body_with_options() {
         ),
         (
             "%%px --targets -1\nx",
-            vec![par_with("x", opts(|o| o.targets = Targets::Ids(vec![-1])))],
+            vec![par_with("x", opts(|o| o.targets = Targets::One(-1)))],
         ),
         (
             "%%px --targets '0, 2'\nx",
@@ -225,7 +225,7 @@ fn cell_magic_takes_the_whole_body_with_options() {
         ),
         (
             "%%px -t0\nx",
-            vec![par_with("x", opts(|o| o.targets = Targets::Ids(vec![0])))],
+            vec![par_with("x", opts(|o| o.targets = Targets::One(0)))],
         ),
         (
             "%%px --noblock\nx",
@@ -302,7 +302,7 @@ fn cell_magic_takes_the_whole_body_with_options() {
                 "x",
                 opts(|o| {
                     o.stream = false;
-                    o.targets = Targets::Ids(vec![1]);
+                    o.targets = Targets::One(1);
                 }),
             )],
         ),
@@ -322,7 +322,7 @@ fn cell_magic_takes_the_whole_body_with_options() {
             vec![par_with(
                 "x",
                 opts(|o| {
-                    o.targets = Targets::Ids(vec![0]);
+                    o.targets = Targets::One(0);
                     o.block = false;
                     o.group_outputs = GroupBy::Engine;
                     o.stream = false;
@@ -517,7 +517,7 @@ fn autopx_sends_cells_to_the_engines() {
         ("%autopx\n", vec![Step::Autopx]),
         (
             "%%px -t 0\nx",
-            vec![par_with("x", opts(|o| o.targets = Targets::Ids(vec![0])))],
+            vec![par_with("x", opts(|o| o.targets = Targets::One(0)))],
         ),
         ("%%time\nx", vec![par_with("%%time\nx", d.clone())]),
         ("%pxresult", vec![Step::Result(ResultOptions::default())]),

@@ -339,15 +339,26 @@ fn composite_error_shape() {
         ["[7:execute]:", "No traceback available", ""]
     );
 
-    assert_eq!(final_error(&[], true), None);
+    assert_eq!(final_error(&[], true, false), None);
     assert_eq!(
-        final_error(std::slice::from_ref(&bare), true),
+        final_error(std::slice::from_ref(&bare), true, false),
         Some(already_displayed_error(1))
     );
     assert_eq!(
-        final_error(std::slice::from_ref(&bare), false),
-        Some(composite_error(&[bare]))
+        final_error(std::slice::from_ref(&bare), false, false),
+        Some(composite_error(std::slice::from_ref(&bare)))
     );
+    // One engine named alone (`--targets 7`): its RemoteError, streamed or not.
+    for streamed in [true, false] {
+        let error = final_error(std::slice::from_ref(&bare), streamed, true).expect("error");
+        assert_eq!(
+            (error.ename.as_str(), error.evalue.as_str()),
+            ("RemoteError", "[7:execute] E: v")
+        );
+        assert_eq!(error.traceback, ["No traceback available"]);
+    }
+    let two = [bare.clone(), EngineError { engine: 8, ..bare }];
+    assert_eq!(final_error(&two, false, true), Some(composite_error(&two)));
 }
 
 #[test]
@@ -419,7 +430,7 @@ fn verbose_notice_abbreviates_long_lists() {
             text: "Parallel execution on engine(s): [0, 1, 2, 3, ..., 8, 9, 10, 11]\n".into()
         }
     );
-    let e = parallax_magics::execution_notice(false, &Targets::Ids(vec![-1]), &[11]);
+    let e = parallax_magics::execution_notice(false, &Targets::One(-1), &[11]);
     assert_eq!(
         e,
         Emit::Stream {
