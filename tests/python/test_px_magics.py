@@ -259,6 +259,8 @@ EXPECTED: dict[str, Expect] = {
             "--group-outputs, -e, -r, --out)\n"
         )
     ),
+    "out-cell": streamed(block(0, "hello\n"), block(1, "hello\n")),
+    "out-use": exact(stdout("AsyncHubResult True True ['hello\\n', 'hello\\n']\n")),
     "cluster-stop": exact(stdout('Stopped cluster "default"\n')),
     "cluster-status-after": exact(stdout('No cluster is running for profile "default"\n')),
 }
