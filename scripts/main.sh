@@ -2,9 +2,10 @@
 # Set the project up, then execute the demo notebooks unattended on the parallax kernel, the way a
 # batch job would. Executed copies (with their figures) land in build/notebooks/.
 #
-# The notebooks that use the Python client run against a 2-engine cluster this script starts on
-# its own profile (`notebooks`, so a cluster of yours on `default` is left alone) and stops at the
-# end, whatever happens. px_magics.ipynb starts and stops its own cluster with %cluster.
+# The notebooks that use the Python client connect to the `default` profile (the lecture names
+# it): this script starts a 2-engine cluster there and stops it at the end, whatever happens; if
+# one of yours is already running there, they use it and it is left running. px_magics.ipynb
+# starts and stops its own cluster with %cluster first.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,12 +44,19 @@ for nb in "${KERNEL_NOTEBOOKS[@]}"; do
     execute "$nb"
 done
 
-export PARALLAX_PROFILE=notebooks
+# The engines' kernels run the venv's Python (ipykernel, numpy, the parallax package), as the
+# kernelspec's own cluster does.
+export PARALLAX_PYTHON="$ROOT/.venv/bin/python"
 PARALLAX=target/release/parallax
-"$PARALLAX" cluster stop --profile "$PARALLAX_PROFILE" >/dev/null 2>&1 || true
-echo "==> starting a 2-engine cluster (profile $PARALLAX_PROFILE)"
-"$PARALLAX" cluster start -n 2 --daemonize --profile "$PARALLAX_PROFILE"
-trap '"$PARALLAX" cluster stop --profile "$PARALLAX_PROFILE"' EXIT
+CLIENT_FILE="${PARALLAX_DIR:-$HOME/.parallax}/profile_default/security/controller-client.json"
+echo "==> starting a 2-engine cluster (profile default)"
+if "$PARALLAX" cluster start -n 2 --daemonize; then
+    trap '"$PARALLAX" cluster stop' EXIT
+elif [[ -f $CLIENT_FILE ]]; then
+    echo "    a cluster is already running on profile default: using it (and leaving it running)"
+else
+    exit 1
+fi
 for nb in "${CLIENT_NOTEBOOKS[@]}"; do
     execute "$nb"
 done
