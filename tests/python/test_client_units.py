@@ -993,3 +993,23 @@ def test_waits_fail_when_the_controller_dies(fake: FakeController, tmp_path: Pat
                 client[0].apply_async(int)
     finally:
         stand_in.kill()
+
+
+def test_large_arrays_join_into_populated_memory_equal_to_concatenate() -> None:
+    """`join` of arrays over POPULATE_FROM bytes gives what numpy.concatenate gives (values,
+    shape, dtype, writable), for 1-d and 2-d pieces and mixed dtypes; mismatched pieces fail
+    as numpy fails."""
+    import numpy as np
+
+    from parallax._partition import POPULATE_FROM, join
+
+    n = POPULATE_FROM // 8 + 3
+    one = np.arange(n, dtype=np.float64)
+    for pieces in ([one[:5], one[5:]], [one.reshape(-1, 1)[:7], one.reshape(-1, 1)[7:]],
+                   [one[:10].astype(np.int32), one[10:]]):
+        joined = join(pieces)
+        expected = np.concatenate(pieces)
+        assert joined.dtype == expected.dtype and joined.shape == expected.shape
+        assert np.array_equal(joined, expected) and joined.flags.writeable
+    with pytest.raises(ValueError):
+        join([one.reshape(-1, 1), np.zeros((2, 2))])
