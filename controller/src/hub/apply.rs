@@ -23,7 +23,7 @@ use parallax_wire::{now_iso8601, Message};
 use serde_json::json;
 
 use super::clients::{new_record, ROUTING_ERROR};
-use super::{error_fields, execute_error, Captured, Hub, Task};
+use super::{error_fields, execute_error, Hub};
 use crate::db::{Change, Command};
 use crate::scheduler::{Constraints, Queued};
 
@@ -113,7 +113,7 @@ impl Hub {
         }
         self.insert_task(new_record(&message, Some(id)), &message);
         self.scheduler.sent(id);
-        self.send_apply(id, message, None).await;
+        self.send_to_engine(id, message, None).await;
     }
 
     /// Why engine `id` cannot run apply requests, if it cannot.
@@ -137,7 +137,7 @@ impl Hub {
                 msg_id: queued.request.msg_id().to_owned(),
                 change: Change::Assigned(id),
             });
-            self.send_apply(id, queued.request, Some(queued.constraints))
+            self.send_to_engine(id, queued.request, Some(queued.constraints))
                 .await;
         }
         if self.scheduler.unassigned() == 0 {
@@ -223,45 +223,10 @@ impl Hub {
         self.dispatch().await;
     }
 
-    /// Sends an apply request to engine `id`'s support and tracks it. A load-balanced task keeps
-    /// its buffers while it may be resubmitted elsewhere.
-    async fn send_apply(&mut self, id: EngineId, message: Message, balanced: Option<Constraints>) {
-        let Some(engine) = self.registry.get_mut(id) else {
-            return;
-        };
-        let Some(route) = engine.support.clone() else {
-            return;
-        };
-        engine.info.queue += 1;
-        engine.settle_state();
-        let mut forward = message.clone();
-        forward.identities = route;
-        let mut request = message;
-        if balanced.is_none() {
-            request.buffers.clear();
-        }
-        self.tasks.insert(
-            request.msg_id().to_owned(),
-            Task {
-                seq: self.next_seq,
-                request,
-                engine: id,
-                stdout: Captured::default(),
-                stderr: Captured::default(),
-                failed: false,
-                balanced,
-                reclaiming: false,
-                via_support: true,
-            },
-        );
-        self.next_seq += 1;
-        self.to_engine(forward).await;
-        self.save_engine(id);
-    }
-
     /// Engine `id` is gone or restarting its kernel: the tasks its kernel's support ran died
-    /// with the kernel (and, when `everything`, so did those the engine process relays). Load-balanced tasks with retries left go
-    /// back to the queue; the others fail, oldest first.
+    /// with the kernel (and, when `everything`, so did those the engine process relays).
+    /// Load-balanced tasks with retries left go back to the queue; the others fail, oldest
+    /// first.
     pub(super) async fn lose_tasks_of(&mut self, id: EngineId, everything: bool) {
         self.scheduler.close(id);
         let mut lost: Vec<(u64, String)> = self

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use parallax_wire::replies::error_content;
 
-use super::{error_fields, execute_error, Captured, Hub, Task};
+use super::{error_fields, execute_error, Hub};
 use crate::db::{Command, NewTask, RESULT_LIMIT};
 use crate::query::Query;
 
@@ -320,41 +320,9 @@ impl Hub {
                 .reject(message, Some(engine_id), ROUTING_ERROR, &evalue, false)
                 .await;
         }
-        let Some(engine) = self.registry.get_mut(engine_id) else {
-            return;
-        };
-        // A kernel with the engine support runs cells itself, without its shell's overhead;
-        // others get them through the engine process.
-        let via_support = engine.support.is_some();
-        let mut forward = message.clone();
-        forward.identities = engine
-            .support
-            .clone()
-            .unwrap_or_else(|| engine.route.clone());
-        engine.info.queue += 1;
-        engine.settle_state();
         self.scheduler.sent(engine_id);
-
         self.insert_task(new_record(&message, Some(engine_id)), &message);
-        let mut request = message;
-        request.buffers.clear();
-        self.tasks.insert(
-            request.msg_id().to_owned(),
-            Task {
-                seq: self.next_seq,
-                request,
-                engine: engine_id,
-                stdout: Captured::default(),
-                stderr: Captured::default(),
-                failed: false,
-                balanced: None,
-                reclaiming: false,
-                via_support,
-            },
-        );
-        self.next_seq += 1;
-        self.to_engine(forward).await;
-        self.save_engine(engine_id);
+        self.send_to_engine(engine_id, message, None).await;
     }
 
     /// Answers an execute request that cannot run, and records it failed.

@@ -306,6 +306,50 @@ impl Hub {
         }
     }
 
+    /// Sends a request to engine `id` and tracks it until its reply: to the engine support in
+    /// the engine's kernel when it has one (it runs applies and cells itself, without the
+    /// kernel's shell), else to the engine process. A load-balanced task keeps its buffers
+    /// while it may be resubmitted elsewhere.
+    async fn send_to_engine(
+        &mut self,
+        id: EngineId,
+        message: Message,
+        balanced: Option<Constraints>,
+    ) {
+        let Some(engine) = self.registry.get_mut(id) else {
+            return;
+        };
+        let via_support = engine.support.is_some();
+        let mut forward = message.clone();
+        forward.identities = engine
+            .support
+            .clone()
+            .unwrap_or_else(|| engine.route.clone());
+        engine.info.queue += 1;
+        engine.settle_state();
+        let mut request = message;
+        if balanced.is_none() {
+            request.buffers.clear();
+        }
+        self.tasks.insert(
+            request.msg_id().to_owned(),
+            Task {
+                seq: self.next_seq,
+                request,
+                engine: id,
+                stdout: Captured::default(),
+                stderr: Captured::default(),
+                failed: false,
+                balanced,
+                reclaiming: false,
+                via_support,
+            },
+        );
+        self.next_seq += 1;
+        self.to_engine(forward).await;
+        self.save_engine(id);
+    }
+
     /// Sends the engine's row to the database.
     fn save_engine(&mut self, id: EngineId) {
         if let Some(engine) = self.registry.get_mut(id) {
