@@ -170,6 +170,7 @@ enum Event {
     HistoryDue,
 }
 
+/// The fields of an `execute_request` the kernel reads (the defaults are the protocol's).
 #[derive(Deserialize)]
 struct ExecuteContent {
     #[serde(default)]
@@ -180,6 +181,17 @@ struct ExecuteContent {
     store_history: bool,
     #[serde(default = "yes")]
     stop_on_error: bool,
+}
+
+impl Default for ExecuteContent {
+    fn default() -> Self {
+        ExecuteContent {
+            code: String::new(),
+            silent: false,
+            store_history: true,
+            stop_on_error: true,
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -26,13 +26,12 @@ use parallax_magics::{
 use parallax_wire::cluster::EngineState;
 use parallax_wire::profile::Profile;
 use parallax_wire::Message;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use parallax_wire::replies::error_content;
 
-use super::{Active, Job, Kernel, LocalJob, LocalState};
+use super::{Active, ExecuteContent, Job, Kernel, LocalJob, LocalState};
 use crate::px::{self, PxRun};
 
 /// How long the history entries of magic cells may wait before they are sent to the local
@@ -59,20 +58,6 @@ pub(super) struct PlanState {
     after_local: Option<PxRun>,
     /// When the running parallel step last checked on the controller.
     checked: Instant,
-}
-
-#[derive(Deserialize)]
-struct CellContent {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    silent: bool,
-    #[serde(default = "yes")]
-    store_history: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// How a step went.
@@ -102,7 +87,7 @@ impl Kernel {
     /// The plan of an execute request that uses parallel magics (or any cell in `%autopx` mode);
     /// `None` for a cell the local kernel runs as it is.
     pub(super) fn plan_for(&self, request: &Message) -> Option<Result<Plan, MagicError>> {
-        let content: CellContent = request.content_as().ok()?;
+        let content: ExecuteContent = request.content_as().ok()?;
         if !self.px.autopx && !has_parallel_magic(&content.code) {
             return None;
         }
@@ -111,11 +96,7 @@ impl Kernel {
 
     /// Starts serving a cell with parallel magics.
     pub(super) async fn start_plan(&mut self, request: Message, plan: Result<Plan, MagicError>) {
-        let content: CellContent = request.content_as().unwrap_or(CellContent {
-            code: String::new(),
-            silent: false,
-            store_history: true,
-        });
+        let content: ExecuteContent = request.content_as().unwrap_or_default();
         let store_history = content.store_history && !content.silent;
         let count = self.execution_count + u64::from(store_history);
         if !content.silent {
