@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -24,6 +25,14 @@ HEADER = """# Benchmarks
 Measured side by side on the machine named in each section. Each section is written by a script in
 `bench/` (run them all with `scripts/bench.sh`); text outside the `<!-- bench:... -->` markers is kept.
 """
+
+
+def publish(body: str, name: str, path: Path, write: bool = True) -> None:
+    """Print a bench's section and, when `write`, put it into `path` (see `update_section`)."""
+    print(body)
+    if write:
+        update_section(path, name, body)
+        print(f"\nwrote section '{name}' of {path}", file=sys.stderr)
 
 
 def update_section(path: Path, name: str, body: str) -> None:

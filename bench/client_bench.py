@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bench_report import PARALLAX_BIN, REPO, environment_lines, update_section
+from bench_report import PARALLAX_BIN, REPO, environment_lines, publish
 from kernel_roundtrip import isolated_env
 
 sys.path.insert(0, str(REPO / "tests" / "python"))
@@ -422,11 +422,7 @@ def main() -> int:
                         samples[system].setdefault(key, []).append(value)
             print(f"round {r + 1}/{args.rounds}: " + progress(samples), file=sys.stderr, flush=True)
 
-    section = render(samples, args)
-    print(section)
-    if not args.no_write:
-        update_section(args.output, SECTION, section)
-        print(f"\nwrote section '{SECTION}' of {args.output}", file=sys.stderr)
+    publish(render(samples, args), SECTION, args.output, write=not args.no_write)
     return 0
 
 

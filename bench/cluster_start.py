@@ -30,7 +30,7 @@ import zmq
 from jupyter_client.session import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import environment_lines, update_section  # noqa: E402
+from bench_report import environment_lines, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BIN = ROOT / "target" / "release" / "parallax"
@@ -176,10 +176,7 @@ def main() -> int:
                     results[n][name]["start"].append(start)
                     results[n][name]["stop"].append(stop)
                     print(f"n={n} round {r + 1} {name}: start {start:.3f} s, stop {stop:.3f} s", flush=True)
-    body = render(results, args)
-    print(body)
-    if not args.no_write:
-        update_section(ROOT / "docs" / "benchmarks.md", "cluster-start", body)
+    publish(render(results, args), "cluster-start", ROOT / "docs" / "benchmarks.md", write=not args.no_write)
     return 0
 
 

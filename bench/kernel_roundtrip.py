@@ -27,7 +27,7 @@ import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from bench_report import PARALLAX_BIN, REPO, environment_lines, update_section
+from bench_report import PARALLAX_BIN, REPO, environment_lines, publish
 
 TARGET_MS = 0.3
 SECTION = "kernel-roundtrip"
@@ -173,11 +173,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     stats = {label: summarize(s) for label, s in samples.items()}
-    section = render(kernels, stats, args)
-    print(section)
-    if not args.no_write:
-        update_section(args.output, SECTION, section)
-        print(f"\nwrote section '{SECTION}' of {args.output}", file=sys.stderr)
+    publish(render(kernels, stats, args), SECTION, args.output, write=not args.no_write)
     return 0
 
 

@@ -33,7 +33,7 @@ import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from bench_report import PARALLAX_BIN, REPO, environment_lines, update_section
+from bench_report import PARALLAX_BIN, REPO, environment_lines, publish
 from kernel_roundtrip import isolated_env, summarize
 
 SECTION = "px-roundtrip"
@@ -192,11 +192,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     stats = {label: summarize(s) for label, s in samples.items()}
-    section = render(stats, args)
-    print(section)
-    if not args.no_write:
-        update_section(args.output, SECTION, section)
-        print(f"\nwrote section '{SECTION}' of {args.output}", file=sys.stderr)
+    publish(render(stats, args), SECTION, args.output, write=not args.no_write)
     return 0
 
 
