@@ -58,7 +58,7 @@ class _Flusher:
             while self.running.wait(0) and not self.support.stopped:
                 self.support.stdout.flush_any_thread(whole_lines=True)
                 self.support.stderr.flush_any_thread(whole_lines=True)
-                threading.Event().wait(FLUSH_EVERY)
+                time.sleep(FLUSH_EVERY)
 
 
 _flushers: dict[int, _Flusher] = {}
