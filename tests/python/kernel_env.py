@@ -397,6 +397,9 @@ def start_cluster(env: IsolatedEnv, profile: str = "default", n: int = 2) -> Clu
     """Start a cluster of `n` engines for `profile` in `env`; returns once every engine is ready.
     Engines run ipykernel from this Python (`PARALLAX_PYTHON`)."""
     cluster_env = {**env.environ(), "PARALLAX_PYTHON": sys.executable}
+    # ipykernel stops forwarding output written to file descriptors when it sees this variable;
+    # the engines' kernels must behave as they do outside the tests.
+    cluster_env.pop("PYTEST_CURRENT_TEST", None)
     out = parallax_cli(["cluster", "start", "-n", str(n), "--daemonize", "--profile", profile], cluster_env)
     cluster = Cluster(profile, n, cluster_env, set())
     try:

@@ -639,6 +639,15 @@ def test_single_engine_error_is_a_remote_error(px_kernel: Kernel, stream: str) -
     assert any("ZeroDivisionError" in line for line in content["traceback"]), content["traceback"]
 
 
+@pytest.mark.timeout(60)
+def test_descriptor_output_of_a_cell_reaches_its_blocks(px_kernel: Kernel) -> None:
+    """Output a subprocess writes to fd 1 on the engines (not through sys.stdout) is shown in the
+    cell, each engine's in its own block, after what was printed before it."""
+    ex = px_kernel.driver.execute("%%px\nimport os\nprint('before', flush=True)\nos.system('echo from-fd')")
+    _ok(ex)
+    assert block_texts(ex) == ["[stdout:0] before\nfrom-fd\n", "[stdout:1] before\nfrom-fd\n"], ex.summary()
+
+
 @pytest.mark.timeout(90)
 def test_out_keeps_the_async_result_in_the_local_namespace(px_kernel: Kernel) -> None:
     """`--out NAME` (and `-o`) leaves the run's AsyncResult in the local kernel, for a blocking
