@@ -412,9 +412,11 @@ impl Writer {
             write_engine(&transaction, info)?;
         }
         for (msg_id, pending) in streams {
-            transaction.execute(
-                "UPDATE tasks SET stdout = stdout || ?2, stderr = stderr || ?3 WHERE msg_id = ?1",
-                params![msg_id, pending.stdout, pending.stderr],
+            transaction
+                .prepare_cached(
+                    "UPDATE tasks SET stdout = stdout || ?2, stderr = stderr || ?3 WHERE msg_id = ?1",
+                )?
+                .execute(params![msg_id, pending.stdout, pending.stderr],
             )?;
         }
         transaction.commit()
@@ -429,47 +431,50 @@ fn apply(db: &Connection, command: Command) -> rusqlite::Result<()> {
     match command {
         Command::Insert(task) => {
             let NewTask { record: r, code } = *task;
-            db.execute(
+            db.prepare_cached(
                 "INSERT OR REPLACE INTO tasks (msg_id, client, engine, msg_type, status, submitted,
                     started, completed, received, stdout, stderr, error, result, code)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    r.msg_id,
-                    r.client,
-                    r.engine,
-                    r.msg_type,
-                    r.status,
-                    r.submitted,
-                    r.started,
-                    r.completed,
-                    r.received,
-                    r.stdout,
-                    r.stderr,
-                    json_text(&r.error),
-                    json_text(&r.result),
-                    code,
-                ],
-            )?;
+            )?
+            .execute(params![
+                r.msg_id,
+                r.client,
+                r.engine,
+                r.msg_type,
+                r.status,
+                r.submitted,
+                r.started,
+                r.completed,
+                r.received,
+                r.stdout,
+                r.stderr,
+                json_text(&r.error),
+                json_text(&r.result),
+                code,
+            ])?;
         }
         Command::Update { msg_id, change } => {
+            let run = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
+                db.prepare_cached(sql)?.execute(values)
+            };
             match change {
-                Change::Started(at) => db.execute(
+                Change::Started(at) => run(
                     "UPDATE tasks SET started = ?2 WHERE msg_id = ?1 AND started IS NULL",
                     params![msg_id, at],
                 )?,
-                Change::Error(error) => db.execute(
+                Change::Error(error) => run(
                     "UPDATE tasks SET error = ?2 WHERE msg_id = ?1",
                     params![msg_id, error.to_string()],
                 )?,
-                Change::Result(result) => db.execute(
+                Change::Result(result) => run(
                     "UPDATE tasks SET result = ?2 WHERE msg_id = ?1",
                     params![msg_id, result.to_string()],
                 )?,
-                Change::Assigned(engine) => db.execute(
+                Change::Assigned(engine) => run(
                     "UPDATE tasks SET engine = ?2 WHERE msg_id = ?1",
                     params![msg_id, engine],
                 )?,
-                Change::Buffers { kept, size } => db.execute(
+                Change::Buffers { kept, size } => run(
                     "UPDATE tasks SET result_buffers = ?2, result_bytes = ?3 WHERE msg_id = ?1",
                     params![msg_id, kept.map(|b| pack_buffers(&b)), size],
                 )?,
@@ -477,7 +482,7 @@ fn apply(db: &Connection, command: Command) -> rusqlite::Result<()> {
                     status,
                     completed,
                     received,
-                } => db.execute(
+                } => run(
                     "UPDATE tasks SET status = ?2, completed = ?3, received = ?4 WHERE msg_id = ?1",
                     params![msg_id, status, completed, received],
                 )?,
@@ -503,24 +508,24 @@ fn state_name(state: EngineState) -> &'static str {
 }
 
 fn write_engine(db: &Connection, e: &EngineInfo) -> rusqlite::Result<()> {
-    db.execute(
+    db.prepare_cached(
         "INSERT OR REPLACE INTO engines (id, uuid, host, pid, kernel, kernel_pid, state,
             registered, last_heartbeat, tasks_done, queue)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            e.id,
-            e.uuid,
-            e.host,
-            e.pid,
-            e.kernel,
-            e.kernel_pid,
-            state_name(e.state),
-            e.registered,
-            e.last_heartbeat,
-            e.tasks_done,
-            e.queue,
-        ],
-    )?;
+    )?
+    .execute(params![
+        e.id,
+        e.uuid,
+        e.host,
+        e.pid,
+        e.kernel,
+        e.kernel_pid,
+        state_name(e.state),
+        e.registered,
+        e.last_heartbeat,
+        e.tasks_done,
+        e.queue,
+    ])?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@
 //! - **Timeouts**: a task that waited unassigned longer than its `timeout` leaves the queue (the
 //!   hub answers it with `TaskTimeout`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use parallax_wire::cluster::EngineId;
@@ -98,6 +98,10 @@ impl Load {
 #[derive(Debug, Default)]
 pub(crate) struct Scheduler {
     queue: VecDeque<Queued>,
+    /// The msg_ids of the queued tasks.
+    queued: HashSet<String>,
+    /// The deadlines of the queued tasks that have one, with how many tasks share each.
+    deadlines: BTreeMap<Instant, u32>,
     engines: BTreeMap<EngineId, Load>,
     assignments: u64,
 }
@@ -135,12 +139,33 @@ impl Scheduler {
 
     /// Adds a task at the end of the queue.
     pub fn submit(&mut self, task: Queued) {
+        self.entered(&task);
         self.queue.push_back(task);
     }
 
     /// Puts a task whose engine died back at the front of the queue.
     pub fn resubmit(&mut self, task: Queued) {
+        self.entered(&task);
         self.queue.push_front(task);
+    }
+
+    fn entered(&mut self, task: &Queued) {
+        self.queued.insert(task.request.msg_id().to_owned());
+        if let Some(at) = task.constraints.deadline {
+            *self.deadlines.entry(at).or_default() += 1;
+        }
+    }
+
+    fn left(&mut self, task: &Queued) {
+        self.queued.remove(task.request.msg_id());
+        if let Some(at) = task.constraints.deadline {
+            if let Some(count) = self.deadlines.get_mut(&at) {
+                *count -= 1;
+                if *count == 0 {
+                    self.deadlines.remove(&at);
+                }
+            }
+        }
     }
 
     /// Tasks waiting for an engine.
@@ -150,46 +175,50 @@ impl Scheduler {
 
     /// Takes the queued task `msg_id` out of the queue, if it is there.
     pub fn remove(&mut self, msg_id: &str) -> Option<Queued> {
+        if !self.queued.contains(msg_id) {
+            return None;
+        }
         let index = self
             .queue
             .iter()
             .position(|task| task.request.msg_id() == msg_id)?;
-        self.queue.remove(index)
+        let task = self.queue.remove(index)?;
+        self.left(&task);
+        Some(task)
     }
 
     /// Whether task `msg_id` is queued.
     pub fn contains(&self, msg_id: &str) -> bool {
-        self.queue
-            .iter()
-            .any(|task| task.request.msg_id() == msg_id)
+        self.queued.contains(msg_id)
     }
 
     /// Takes out the queued tasks whose constraints match `doomed`.
     pub fn take_where(&mut self, doomed: impl Fn(&Constraints) -> bool) -> Vec<Queued> {
+        if !self.queue.iter().any(|task| doomed(&task.constraints)) {
+            return Vec::new();
+        }
         let (taken, kept): (Vec<Queued>, Vec<Queued>) = self
             .queue
             .drain(..)
             .partition(|task| doomed(&task.constraints));
         self.queue = kept.into();
+        for task in &taken {
+            self.left(task);
+        }
         taken
     }
 
     /// Takes out the tasks whose deadline has passed.
     pub fn expired(&mut self, now: Instant) -> Vec<Queued> {
-        let (expired, kept): (Vec<Queued>, Vec<Queued>) = self
-            .queue
-            .drain(..)
-            .partition(|task| task.constraints.deadline.is_some_and(|at| at <= now));
-        self.queue = kept.into();
-        expired
+        if self.next_deadline().is_none_or(|at| at > now) {
+            return Vec::new();
+        }
+        self.take_where(|constraints| constraints.deadline.is_some_and(|at| at <= now))
     }
 
     /// The next deadline of a queued task.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queue
-            .iter()
-            .filter_map(|task| task.constraints.deadline)
-            .min()
+        self.deadlines.keys().next().copied()
     }
 
     /// Assigns queued tasks to engines with room, in queue order (a task no open engine may
@@ -203,6 +232,7 @@ impl Scheduler {
                     let Some(task) = self.queue.remove(index) else {
                         break;
                     };
+                    self.left(&task);
                     self.assignments += 1;
                     let load = self.engines.entry(id).or_default();
                     load.outstanding += 1;
