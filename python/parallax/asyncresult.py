@@ -18,6 +18,7 @@ import re
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -34,6 +35,10 @@ _completion_lock = threading.Lock()
 
 # Results are unpickled once, by whichever thread asks first; others wait for that value.
 _value_lock = threading.RLock()
+
+# Orders the first use of an AsyncResult's condition against its quiet resolution (`_resolve`).
+_condition_made = threading.Lock()
+_DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
 _DATE_KEYS = ("submitted", "started", "completed", "received")
 _CARRIAGE_RETURN = re.compile(r".*\r(?=[^\n])")
@@ -127,10 +132,11 @@ class Task:
         self.chunk = chunk  # how many map items the task carries
         self.done = False
         self.content: dict[str, Any] = {}
-        self.buffers: list[Any] = []
+        self.buffers: Sequence[Any] = ()
         self._value: Any = None
         self._has_value = False
-        self._listeners: list[Callable[[Task], None]] | None = []
+        # A list once someone listens; None once complete.
+        self._listeners: list[Callable[[Task], None]] | tuple | None = ()
 
     def __repr__(self) -> str:
         return f"<Task {self.kind} {self.msg_id} {'done' if self.done else 'pending'}>"
@@ -192,7 +198,10 @@ class Task:
         if self.done:
             return False
         assert self._listeners is not None
-        self._listeners.append(listener)
+        if isinstance(self._listeners, tuple):
+            self._listeners = [listener]
+        else:
+            self._listeners.append(listener)
         return True
 
     # -- results (user threads) --------------------------------------------------------------------
@@ -237,7 +246,7 @@ class Task:
                     self._value = ExecuteReply(self.msg_id, self.content, self.metadata)
                 else:
                     self._value = deserialize_result(self.buffers)
-                    self.buffers = []
+                    self.buffers = ()
                 self._has_value = True
         return self._value
 
@@ -334,8 +343,12 @@ class AsyncResult(Future):
         return_exceptions: bool = False,
         chunk_sizes: dict[str, int] | None = None,
     ) -> None:
-        super().__init__()
-        self.set_running_or_notify_cancel()  # so that cancel() cannot put it in a state replies can't reach
+        # Future.__init__, except that the condition is made on first use (see `_condition`),
+        # and already running, so that cancel() cannot put it in a state replies can't reach.
+        self._made_condition: threading.Condition | None = None
+        self._state = RUNNING
+        self._result = None
+        self._exception: BaseException | None = None
         single = not isinstance(children, (list, tuple))
         items = [children] if single else list(children)
         self._single_result = single
@@ -372,8 +385,39 @@ class AsyncResult(Future):
         if finished:
             self._finish()
 
+    # A Future's condition (a Condition, its RLock and their bound methods) is most of what an
+    # AsyncResult allocates, and most results of a burst are never waited on: they are done by
+    # the time anyone asks. So the condition is made only when a Future method or a waiter
+    # needs it, and a result that no one has waited on resolves without it. The Future's lists
+    # of waiters and callbacks, which are only added to under the condition, come with it.
+    _waiters: Any = ()
+    _done_callbacks: Any = ()
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        condition = self._made_condition
+        if condition is None:
+            with _condition_made:
+                condition = self._made_condition
+                if condition is None:
+                    self._waiters = []
+                    self._done_callbacks = []
+                    condition = self._made_condition = threading.Condition()
+        return condition
+
+    def done(self) -> bool:
+        return self._state in _DONE_STATES
+
     def _finish(self) -> None:
         failure = None if self._return_exceptions else self._failure()
+        with _condition_made:
+            quiet = self._made_condition is None and self._state == RUNNING
+            if quiet:  # no condition: no one waits, no wait() registered a waiter
+                self._exception = failure
+                self._state = FINISHED
+        if quiet:
+            self._invoke_callbacks()
+            return
         try:
             if failure is None:
                 Future.set_result(self, None)

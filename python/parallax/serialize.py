@@ -181,20 +181,32 @@ class _StableFunctions:
             modules.append(value)
         return (func.__code__, func.__defaults__, func.__kwdefaults__, func.__qualname__, *modules)
 
-    def get(self, func: types.FunctionType) -> bytes | None:
+    def _entry(self, func: types.FunctionType) -> list | None:
+        """[fingerprint, pickle, pickle of the call `func()` or None] while still valid."""
         fingerprint = self._fingerprint(func)
         if fingerprint is None:
             return None
         entry = self._entries.get(func)
-        if entry is not None and len(entry[0]) == len(fingerprint) and all(
-            a is b for a, b in zip(entry[0], fingerprint)
-        ):
-            return entry[1]
+        if entry is not None and entry[0] == fingerprint:  # items compare by identity first
+            return entry
         stream = io.BytesIO()
         _FunctionPickler(stream, protocol=PICKLE_PROTOCOL).dump(func)
-        pickled = stream.getvalue()
-        self._entries[func] = (fingerprint, pickled)
-        return pickled
+        entry = [fingerprint, stream.getvalue(), None]
+        self._entries[func] = entry
+        return entry
+
+    def get(self, func: types.FunctionType) -> bytes | None:
+        entry = self._entry(func)
+        return None if entry is None else entry[1]
+
+    def bare_call(self, func: types.FunctionType) -> bytes | None:
+        """The pickled call `(func, (), {})`, for applying a function without arguments."""
+        entry = self._entry(func)
+        if entry is None:
+            return None
+        if entry[2] is None:
+            entry[2] = _dump(_CallPickler, (func, (), {}))[0]
+        return entry[2]
 
 
 _stable_functions = _StableFunctions()
@@ -244,6 +256,10 @@ def _dump(pickler_class: type, obj: Any) -> list[Any]:
 
 def serialize_call(f: Callable[..., Any], args: tuple | list = (), kwargs: dict | None = None) -> list[Any]:
     """The buffers of an apply_request for `f(*args, **kwargs)`."""
+    if not args and not kwargs and type(f) is types.FunctionType and f.__module__ == "__main__":
+        pickled = _stable_functions.bare_call(f)
+        if pickled is not None:
+            return [pickled]
     return _dump(_CallPickler, (f, tuple(args), dict(kwargs or {})))
 
 
