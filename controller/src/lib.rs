@@ -23,7 +23,7 @@
 
 use std::future::Future;
 
-use parallax_net::{bind_router, LinkStats, NetError};
+use parallax_net::{bind_router, LinkStats, NetError, PackPeers, Packing};
 use parallax_wire::profile::{ControllerFile, Profile, ProfileError};
 use parallax_wire::Session;
 
@@ -115,10 +115,22 @@ pub async fn run(
     let endpoint = format!("tcp://{host}:0");
     let client_stats = LinkStats::new("controller client link");
     let engine_stats = LinkStats::new("controller engine link");
-    let (client_bound, clients_out, clients_in) =
-        bind_router(&endpoint, session.clone(), client_stats.clone()).await?;
-    let (engine_bound, engines_out, engines_in) =
-        bind_router(&endpoint, session.clone(), engine_stats.clone()).await?;
+    let client_packs = PackPeers::default();
+    let engine_packs = PackPeers::default();
+    let (client_bound, clients_out, clients_in) = bind_router(
+        &endpoint,
+        session.clone(),
+        client_stats.clone(),
+        Packing::To(client_packs.clone()),
+    )
+    .await?;
+    let (engine_bound, engines_out, engines_in) = bind_router(
+        &endpoint,
+        session.clone(),
+        engine_stats.clone(),
+        Packing::To(engine_packs.clone()),
+    )
+    .await?;
 
     let ip = options.ip.clone();
     let (client_host, engine_host) =
@@ -150,9 +162,11 @@ pub async fn run(
         clients_out,
         clients_in,
         client_stats,
+        client_packs,
         engines_out,
         engines_in,
         engine_stats,
+        engine_packs,
     };
     let db = hub::Hub::new(profile.name().to_owned(), links, db, result_limit)
         .run(shutdown)

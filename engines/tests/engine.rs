@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parallax_engines::engine::{self, EngineError, EngineOptions};
-use parallax_net::{bind_router, Inbox, LinkStats, Outbox};
+use parallax_net::{bind_router, Inbox, LinkStats, Outbox, Packing};
 use parallax_wire::cluster::{Heartbeat, KernelDied, RegisterReply, RegisterRequest};
 use parallax_wire::profile::{write_json, ControllerFile};
 use parallax_wire::{Message, Session};
@@ -120,6 +120,7 @@ impl Controller {
             "tcp://127.0.0.1:0",
             session.clone(),
             LinkStats::new("fake-controller"),
+            Packing::Never,
         )
         .await
         .expect("bind");

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use parallax_net::{bind_heartbeat, bind_pub, bind_router, Inbox, LinkStats, NetError, Outbox};
+use parallax_net::{
+    bind_heartbeat, bind_pub, bind_router, Inbox, LinkStats, NetError, Outbox, Packing,
+};
 use parallax_wire::{endpoint, Bytes, Channel, ConnectionInfo, Message, Session};
 use serde::Serialize;
 
@@ -35,18 +37,21 @@ impl Frontend {
             &endpoint(info, Channel::Shell),
             session.clone(),
             shell_stats.clone(),
+            Packing::Never,
         )
         .await?;
         let (_, control, control_requests) = bind_router(
             &endpoint(info, Channel::Control),
             session.clone(),
             control_stats.clone(),
+            Packing::Never,
         )
         .await?;
         let (_, stdin, stdin_replies) = bind_router(
             &endpoint(info, Channel::Stdin),
             session.clone(),
             stdin_stats.clone(),
+            Packing::Never,
         )
         .await?;
         let (_, iopub) = bind_pub(&endpoint(info, Channel::IoPub), session.clone()).await?;

@@ -9,6 +9,13 @@
 //!
 //! Frames that do not decode (bad signature, malformed JSON, missing delimiter...) are dropped by
 //! the socket task, logged, and counted in the link's [`LinkStats`]; they never reach the program.
+//!
+//! Every receiving task unpacks packs ([`parallax_wire::pack`]): the messages in one arrive in the
+//! inbox one by one, in order. A ROUTER bound with [`Packing::To`] also sends them, to the peers
+//! in its [`PackPeers`] (those that said they unpack): the messages that wait in its outbox when
+//! the socket task gets to run go to each such peer as one pack (small ones only), so a burst
+//! costs one ZeroMQ message per peer while a lone message goes as it is. Any other peer (a
+//! `jupyter_client` session, say) gets plain Jupyter messages.
 //! A socket task ends when the program drops its side of the channels, which closes the socket.
 //!
 //! # Layout
@@ -17,12 +24,14 @@
 //!   (shell/control/stdin, iopub, heartbeat).
 //! - [`connect_dealer`], [`connect_sub`], [`Heartbeat`]: the client side, used to drive a kernel.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parallax_wire::{DecodeError, Message, Session};
+use parallax_wire::pack::{self, PACK_COUNT_LIMIT};
+use parallax_wire::{Message, Session};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
@@ -87,7 +96,7 @@ impl LinkStats {
         &self.name
     }
 
-    fn reject(&self, error: &DecodeError) {
+    fn reject(&self, error: &dyn std::fmt::Display) {
         let count = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(link = %self.name, rejected = count, %error, "dropped a message");
     }
@@ -101,14 +110,64 @@ fn zmq_message(frames: Vec<Bytes>) -> Option<ZmqMessage> {
     ZmqMessage::try_from(frames).ok()
 }
 
-/// Decodes received frames, counting and logging the ones that do not decode.
-fn decode(session: &Session, stats: &LinkStats, frames: Vec<Bytes>) -> Option<Message> {
-    match session.decode(frames) {
-        Ok(message) => Some(message),
-        Err(error) => {
-            stats.reject(&error);
-            None
+/// Decodes received frames (one message, or each message of a pack), counting and logging the
+/// ones that do not decode.
+fn decode(session: &Session, stats: &LinkStats, frames: Vec<Bytes>) -> Vec<Message> {
+    let messages = if pack::is_pack(&frames) {
+        match pack::unpack(frames) {
+            Ok(messages) => messages,
+            Err(error) => {
+                stats.reject(&error);
+                return Vec::new();
+            }
         }
+    } else {
+        vec![frames]
+    };
+    messages
+        .into_iter()
+        .filter_map(|frames| match session.decode(frames) {
+            Ok(message) => Some(message),
+            Err(error) => {
+                stats.reject(&error);
+                None
+            }
+        })
+        .collect()
+}
+
+/// Whether a link's socket task packs what it sends.
+#[derive(Clone, Debug)]
+pub enum Packing {
+    /// Never: the peers may be any Jupyter software (a kernel, a notebook front end).
+    Never,
+    /// To the peers in this set, which said they unpack.
+    To(PackPeers),
+}
+
+/// The routes (identities) of a link's peers that take packs; shared by the program, which
+/// learns them, and the link's socket task.
+#[derive(Clone, Debug, Default)]
+pub struct PackPeers(Arc<Mutex<HashSet<Vec<Bytes>>>>);
+
+impl PackPeers {
+    /// The peer at `route` takes packs from now on.
+    pub fn allow(&self, route: &[Bytes]) {
+        if let Ok(mut peers) = self.0.lock() {
+            peers.insert(route.to_vec());
+        }
+    }
+
+    /// The peer at `route` is gone (or no longer takes packs).
+    pub fn forget(&self, route: &[Bytes]) {
+        if let Ok(mut peers) = self.0.lock() {
+            peers.remove(route);
+        }
+    }
+
+    /// Whether the peer at `route` takes packs.
+    pub fn accepts(&self, route: &[Bytes]) -> bool {
+        self.0.lock().is_ok_and(|peers| peers.contains(route))
     }
 }
 
@@ -124,6 +183,7 @@ pub async fn bind_router(
     endpoint: &str,
     session: Session,
     stats: Arc<LinkStats>,
+    packing: Packing,
 ) -> Result<(String, Outbox, Inbox), NetError> {
     let mut socket = zeromq::RouterSocket::new();
     let bound = socket
@@ -138,7 +198,7 @@ pub async fn bind_router(
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
 
     tokio::spawn(pump_in(recv_half, session.clone(), stats, in_tx));
-    tokio::spawn(pump_out(send_half, session, out_rx));
+    tokio::spawn(pump_out(send_half, session, out_rx, packing));
     Ok((resolved(bound), out_tx, in_rx))
 }
 
@@ -246,7 +306,7 @@ pub async fn connect_dealer(
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
     tokio::spawn(pump_in(recv_half, session.clone(), stats, in_tx));
-    tokio::spawn(pump_out(send_half, session, out_rx));
+    tokio::spawn(pump_out(send_half, session, out_rx, Packing::Never));
     Ok((out_tx, in_rx))
 }
 
@@ -283,9 +343,9 @@ async fn pump_in<R: SocketRecv>(
             _ = inbox.closed() => break,
             received = socket.recv() => match received {
                 Ok(frames) => {
-                    if let Some(message) = decode(&session, &stats, frames_of(frames)) {
+                    for message in decode(&session, &stats, frames_of(frames)) {
                         if inbox.send(message).await.is_err() {
-                            break;
+                            return;
                         }
                     }
                 }
@@ -304,14 +364,188 @@ async fn pump_out<S: SocketSend>(
     mut socket: S,
     session: Session,
     mut outbox: mpsc::Receiver<Message>,
+    packing: Packing,
 ) {
+    let mut waiting = Vec::new();
     while let Some(message) = outbox.recv().await {
-        let Some(frames) = zmq_message(session.encode(&message)) else {
-            continue;
+        waiting.push(message);
+        let peers = match &packing {
+            Packing::Never => None,
+            Packing::To(peers) => {
+                while waiting.len() < PACK_COUNT_LIMIT {
+                    match outbox.try_recv() {
+                        Ok(message) => waiting.push(message),
+                        Err(_) => break,
+                    }
+                }
+                Some(peers)
+            }
         };
-        if let Err(error) = socket.send(frames).await {
-            // Routing to a peer that has gone is not fatal (libzmq drops such messages silently).
-            tracing::debug!(%error, msg_type = message.msg_type(), "send failed");
+        for (msg_type, frames) in outgoing(&session, waiting.drain(..), peers) {
+            let Some(frames) = zmq_message(frames) else {
+                continue;
+            };
+            if let Err(error) = socket.send(frames).await {
+                // Routing to a peer that has gone is not fatal (libzmq drops such messages
+                // silently).
+                tracing::debug!(%error, msg_type, "send failed");
+            }
+        }
+    }
+}
+
+type Outgoing = Vec<(&'static str, Vec<Bytes>)>;
+
+/// The ZeroMQ messages for `messages`, in order: each alone, except that consecutive small ones
+/// to the same peer, when it is one of `peers`, go as one pack. Each comes with a message type
+/// for logs.
+fn outgoing(
+    session: &Session,
+    messages: impl Iterator<Item = Message>,
+    peers: Option<&PackPeers>,
+) -> Outgoing {
+    fn flush(run: &mut Vec<Vec<Bytes>>, identities: &[Bytes], out: &mut Outgoing) {
+        match run.len() {
+            0 => {}
+            1 => out.extend(run.pop().map(|frames| ("message", frames))),
+            _ => out.push(("pack", pack::pack(identities, run))),
+        }
+        run.clear();
+    }
+    let mut out = Vec::new();
+    let mut run: Vec<Vec<Bytes>> = Vec::new();
+    let mut run_identities: Vec<Bytes> = Vec::new();
+    for message in messages {
+        let frames = session.encode(&message);
+        let takes_packs = peers.is_some_and(|peers| peers.accepts(&message.identities));
+        if !takes_packs || !pack::packable(&frames) {
+            flush(&mut run, &run_identities, &mut out);
+            out.push(("message", frames));
+            continue;
+        }
+        if run.is_empty() || run_identities != message.identities {
+            flush(&mut run, &run_identities, &mut out);
+            run_identities = message.identities;
+        }
+        run.push(frames);
+    }
+    flush(&mut run, &run_identities, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn numbered(session: &Session, i: usize, size: usize) -> Message {
+        session
+            .message("apply_request", &json!({ "i": i }))
+            .with_buffers(vec![Bytes::from(vec![0u8; size])])
+    }
+
+    fn number(message: &Message) -> u64 {
+        let content: serde_json::Value = message.content_as().unwrap_or_default();
+        content["i"].as_u64().unwrap_or(u64::MAX)
+    }
+
+    #[test]
+    fn consecutive_small_messages_to_one_peer_are_packed() {
+        let session = Session::new(b"key", "test");
+        let to = |peer: &'static [u8], i: usize, size: usize| {
+            let mut message = numbered(&session, i, size);
+            message.identities = vec![Bytes::from_static(peer)];
+            message
+        };
+        let burst = vec![
+            to(b"a", 0, 10),
+            to(b"a", 1, 10),
+            to(b"b", 2, 10),
+            to(b"b", 3, 100_000),
+            to(b"b", 4, 10),
+        ];
+        let peers = PackPeers::default();
+        let plain = outgoing(&session, burst.clone().into_iter(), Some(&peers));
+        assert!(
+            plain.iter().all(|(kind, _)| *kind == "message"),
+            "nothing is packed for a peer that did not ask"
+        );
+        peers.allow(&[Bytes::from_static(b"a")]);
+        peers.allow(&[Bytes::from_static(b"b")]);
+        let sent = outgoing(&session, burst.into_iter(), Some(&peers));
+        let kinds: Vec<&str> = sent.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(kinds, ["pack", "message", "message", "message"]);
+        let mut received = Vec::new();
+        for (_, frames) in sent {
+            received.extend(decode(&session, &LinkStats::new("test"), frames));
+        }
+        let numbers: Vec<u64> = received.iter().map(number).collect();
+        assert_eq!(
+            numbers,
+            [0, 1, 2, 3, 4],
+            "every message arrives once, in order"
+        );
+        assert_eq!(received[1].identities, [Bytes::from_static(b"a")]);
+        assert_eq!(received[3].buffers[0].len(), 100_000);
+    }
+
+    #[test]
+    fn a_bad_message_in_a_pack_is_dropped_alone() {
+        let session = Session::new(b"key", "test");
+        let other = Session::new(b"other key", "test");
+        let encoded = vec![
+            session.encode(&numbered(&session, 0, 1)),
+            other.encode(&numbered(&other, 1, 1)),
+            session.encode(&numbered(&session, 2, 1)),
+        ];
+        let stats = LinkStats::new("test");
+        let received = decode(&session, &stats, pack::pack(&[], &encoded));
+        assert_eq!(received.iter().map(number).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(stats.rejected(), 1);
+        let mut truncated = pack::pack(&[], &encoded);
+        let body = truncated.pop().unwrap_or_default();
+        truncated.push(body.slice(..body.len() - 1));
+        assert!(decode(&session, &stats, truncated).is_empty());
+        assert_eq!(stats.rejected(), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_packing_router_delivers_a_burst_to_a_dealer_in_order() {
+        let session = Session::new(b"key", "test");
+        let peers = PackPeers::default();
+        let (url, outbox, mut inbox) = bind_router(
+            "tcp://127.0.0.1:0",
+            session.clone(),
+            LinkStats::new("router"),
+            Packing::To(peers.clone()),
+        )
+        .await
+        .expect("bind");
+        let (dealer_out, mut dealer_in) = connect_dealer(
+            &url,
+            session.clone(),
+            None,
+            Duration::from_secs(5),
+            LinkStats::new("dealer"),
+        )
+        .await
+        .expect("connect");
+        dealer_out
+            .send(session.message("hello", &json!({})))
+            .await
+            .expect("send");
+        let hello = inbox.recv().await.expect("hello");
+        peers.allow(&hello.identities);
+        for i in 0..300 {
+            let reply = numbered(&session, i, 100).with_parent(&hello);
+            outbox.send(reply).await.expect("queue");
+        }
+        for i in 0..300 {
+            let message = tokio::time::timeout(Duration::from_secs(5), dealer_in.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            assert_eq!(number(&message), i);
         }
     }
 }

@@ -11,11 +11,19 @@ Each of them has one IO thread that owns its DEALER; other threads never touch t
   first frames of a message (delimiter, signature, the four JSON frames, the pickle) are received
   as bytes, which is cheapest for small frames; later frames (out-of-band buffers, typically
   large) as zero-copy `zmq.Frame`s.
+- `pack_messages` / `unpacked`: packs, as the controller sends and reads them (its `wire::pack`):
+  consecutive small messages go to the peer as one ZeroMQ message `["<PX|PACK>", body]`, where
+  body is, per message, a little-endian u32 frame count and then each frame as a u32 length and
+  its bytes (the frames after the message's delimiter: each is a whole signed message). The IO
+  threads pack what they find waiting in their outbox, so a burst costs one send while a lone
+  message goes as it is, and unpack whatever arrives.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
+import struct
 import threading
 from typing import Any
 
@@ -25,6 +33,14 @@ _MORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _COPIED_FRAMES = 7  # delimiter, signature, header, parent, metadata, content, first buffer
+
+DELIMITER = b"<IDS|MSG>"
+PACK_DELIMITER = b"<PX|PACK>"
+PACK_MESSAGE_LIMIT = 64 * 1024  # the largest message (all its frames) that is packed
+PACK_COUNT_LIMIT = 512  # the most messages in one pack
+_U32 = struct.Struct("<I")
+
+log = logging.getLogger("parallax")
 
 
 def send_frames(socket: zmq.Socket, frames: list[Any]) -> None:
@@ -43,6 +59,80 @@ def recv_frames(socket: zmq.Socket) -> list[Any]:
     while more(_RCVMORE):
         frames.append(recv(0, copy=len(frames) < _COPIED_FRAMES))
     return frames
+
+
+def _size(message: list[Any]) -> int:
+    """Bytes in a message's frames, or more than the pack limit for a frame of unknown size."""
+    total = 0
+    for frame in message:
+        try:
+            total += len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+        except TypeError:
+            return PACK_MESSAGE_LIMIT + 1
+    return total
+
+
+def _pack(messages: list[list[Any]]) -> list[Any]:
+    """One pack of messages that start with the delimiter (the DEALER side: no identities)."""
+    u32 = _U32.pack
+    parts: list[Any] = []
+    for message in messages:
+        parts.append(u32(len(message) - 1))
+        for frame in message[1:]:
+            size = len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+            parts.append(u32(size))
+            parts.append(frame)
+    return [PACK_DELIMITER, b"".join(parts)]
+
+
+def pack_messages(messages: list[list[Any]]) -> list[list[Any]]:
+    """The ZeroMQ messages to send for `messages`, in order: runs of small ones packed."""
+    out: list[list[Any]] = []
+    run: list[list[Any]] = []
+    for message in messages:
+        if _size(message) > PACK_MESSAGE_LIMIT:
+            if run:
+                out.append(run[0] if len(run) == 1 else _pack(run))
+                run = []
+            out.append(message)
+            continue
+        run.append(message)
+        if len(run) == PACK_COUNT_LIMIT:
+            out.append(_pack(run))
+            run = []
+    if run:
+        out.append(run[0] if len(run) == 1 else _pack(run))
+    return out
+
+
+def unpacked(frames: list[Any]) -> list[list[Any]]:
+    """The messages in what arrived: itself, or each message of a pack (as it would have
+    arrived alone). A malformed pack is logged and yields what precedes the damage."""
+    if len(frames) < 2 or frames[-2] != PACK_DELIMITER:
+        return [frames]
+    prefix = [*frames[:-2], DELIMITER]
+    body = frames[-1]
+    if not isinstance(body, bytes):
+        body = bytes(body)
+    unpack_u32 = _U32.unpack_from
+    messages: list[list[Any]] = []
+    at, end = 0, len(body)
+    try:
+        while at < end:
+            (count,) = unpack_u32(body, at)
+            at += 4
+            message = list(prefix)
+            for _ in range(count):
+                (size,) = unpack_u32(body, at)
+                at += 4
+                if at + size > end:
+                    raise ValueError("a frame runs past the end of the pack")
+                message.append(body[at : at + size])
+                at += size
+            messages.append(message)
+    except (struct.error, ValueError) as exc:
+        log.warning("dropped the rest of a malformed pack from the controller: %s", exc)
+    return messages
 
 
 class Outbox:

@@ -46,7 +46,7 @@ from . import _shm, error
 from ._shm import pid_alive
 from ._database import TaskDatabase
 from ._wire import Message, Session
-from ._zmqio import Outbox, recv_frames, send_frames
+from ._zmqio import Outbox, pack_messages, recv_frames, send_frames, unpacked
 from .asyncresult import AsyncResult, Task
 from .view import DirectView, LoadBalancedView
 
@@ -195,7 +195,7 @@ class Client(TaskDatabase):
         _live_clients.add(self)
 
         try:
-            reply = self._request("connect_request", {}, timeout=timeout, what="connect")
+            reply = self._request("connect_request", {"packs": True}, timeout=timeout, what="connect")
         except TimeoutError:
             self.close()
             raise error.NoClusterError(
@@ -263,15 +263,15 @@ class Client(TaskDatabase):
             self._outbox.reader.close(linger=0)
 
     def _send_outbox(self) -> bool:
-        """Send what user threads queued; True when asked to stop."""
-        for frames in self._outbox.take():
-            if frames is None:
-                return True
+        """Send what user threads queued (small messages packed); True when asked to stop."""
+        items = self._outbox.take()
+        stop = None in items
+        for frames in pack_messages([item for item in items if item is not None]):
             try:
                 send_frames(self._dealer, frames)
             except zmq.ZMQError:
                 log.exception("could not send a message to the controller")
-        return False
+        return stop
 
     def _receive_incoming(self) -> None:
         for _ in range(1000):
@@ -279,10 +279,11 @@ class Client(TaskDatabase):
                 frames = recv_frames(self._dealer)
             except zmq.Again:
                 return
-            try:
-                self._dispatch(frames)
-            except Exception:
-                log.exception("failed to handle a message from the controller")
+            for message in unpacked(frames):
+                try:
+                    self._dispatch(message)
+                except Exception:
+                    log.exception("failed to handle a message from the controller")
 
     def _dispatch(self, frames: list[Any]) -> None:
         msg = self.session.unpack(frames)

@@ -53,7 +53,7 @@ from ._cell import run_cell
 from . import _shm
 from ._remote import _shell
 from ._wire import Message, Session, iso_now
-from ._zmqio import Outbox, recv_frames, send_frames
+from ._zmqio import Outbox, pack_messages, recv_frames, send_frames, unpacked
 from .serialize import deserialize_call, serialize_result
 
 log = logging.getLogger("parallax.engine")
@@ -254,7 +254,7 @@ class EngineSupport:
     # -- attaching (main thread, before the IO thread exists) ---------------------------------------
 
     def attach(self, timeout: float) -> None:
-        header, frames = self.session.serialize("attach_request", {"uuid": self.uuid})
+        header, frames = self.session.serialize("attach_request", {"uuid": self.uuid, "packs": True})
         self.dealer.send_multipart(frames)
         deadline = time.monotonic() + timeout
         while True:
@@ -263,8 +263,10 @@ class EngineSupport:
                 raise TimeoutError(
                     f"the controller at {self.url} did not answer this engine's attach_request within {timeout} s"
                 )
-            reply = self.session.unpack(self.dealer.recv_multipart())
-            if reply is None or reply.msg_type != "attach_reply" or reply.parent_id != header["msg_id"]:
+            replies = [self.session.unpack(frames) for frames in unpacked(self.dealer.recv_multipart())]
+            reply = next((r for r in replies if r is not None and r.msg_type == "attach_reply"
+                          and r.parent_id == header["msg_id"]), None)
+            if reply is None:
                 continue
             if reply.content.get("status") != "ok":
                 reason = reply.content.get("evalue") or reply.content.get("ename") or "no reason given"
@@ -300,15 +302,15 @@ class EngineSupport:
             self.outbox.reader.close(linger=0)
 
     def _send_outbox(self) -> bool:
-        """Send what the main thread queued; True when asked to stop."""
-        for frames in self.outbox.take():
-            if frames is None:
-                return True
+        """Send what the main thread queued (small messages packed); True when asked to stop."""
+        items = self.outbox.take()
+        stop = None in items
+        for frames in pack_messages([item for item in items if item is not None]):
             try:
                 send_frames(self.dealer, frames)
             except zmq.ZMQError:
                 log.exception("could not send a message to the controller")
-        return False
+        return stop
 
     def _receive(self) -> None:
         for _ in range(1000):
@@ -316,10 +318,11 @@ class EngineSupport:
                 frames = recv_frames(self.dealer)
             except zmq.Again:
                 return
-            try:
-                self._on_message(frames)
-            except Exception:
-                log.exception("failed to handle a message from the controller")
+            for message in unpacked(frames):
+                try:
+                    self._on_message(message)
+                except Exception:
+                    log.exception("failed to handle a message from the controller")
 
     def _on_message(self, frames: list[Any]) -> None:
         msg = self.session.unpack(frames)

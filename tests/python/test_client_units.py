@@ -36,6 +36,7 @@ import parallax
 import parallax as ipp
 from parallax import _partition, error
 from parallax._wire import DELIMITER, Session, iso_now, parse_date
+from parallax._zmqio import PACK_DELIMITER, pack_messages, unpacked
 from parallax.asyncresult import AsyncMapResult, AsyncResult, Task
 from parallax.engine import error_content
 from parallax.serialize import (
@@ -115,6 +116,23 @@ def test_replies_reuse_the_request_header_as_parent() -> None:
     _, reply_frames = session.serialize("apply_reply", {"status": "ok"}, parent=request.header_raw)
     reply = session.unpack(reply_frames)
     assert reply is not None and reply.parent_header == request_header
+
+
+def test_small_messages_are_packed_in_order_and_large_ones_go_alone(caplog: pytest.LogCaptureFixture) -> None:
+    session = Session("key")
+    small = [session.serialize("apply_request", {"i": i}, buffers=[b"x" * i])[1] for i in range(3)]
+    large = session.serialize("apply_request", {"big": True}, buffers=[np.zeros(20_000)])[1]
+    sent = pack_messages([small[0], small[1], large, small[2]])
+    assert len(sent) == 3, "two packed, the large one alone, the last small one alone"
+    assert sent[0][0] == PACK_DELIMITER and sent[1] is large and sent[2] is small[2]
+    assert unpacked([b"peer", *sent[0]]) == [[b"peer", *frames] for frames in small[:2]]
+    assert [session.unpack(frames).content for frames in unpacked(sent[0])] == [{"i": 0}, {"i": 1}]
+    assert unpacked(small[2]) == [small[2]], "a message that is not a pack is itself"
+    # A pack cut short yields the messages before the damage, and a warning.
+    body = sent[0][1]
+    with caplog.at_level("WARNING", logger="parallax"):
+        assert len(unpacked([PACK_DELIMITER, body[:-3]])) == 1
+    assert "malformed pack" in caplog.text
 
 
 def test_dates() -> None:
@@ -584,11 +602,12 @@ class FakeController:
                 self._command(command, arg)
                 done.set()
             if self.router.poll(20):
-                frames = self.router.recv_multipart()
-                index = frames.index(DELIMITER)
-                msg = self.session.unpack(frames)
-                if msg is not None:
-                    self._handle(frames[:index], msg)
+                # A client packs what it sends in a burst, as it does to the real controller.
+                for frames in unpacked(self.router.recv_multipart()):
+                    index = frames.index(DELIMITER)
+                    msg = self.session.unpack(frames)
+                    if msg is not None:
+                        self._handle(frames[:index], msg)
 
     def _command(self, command: str, arg: Any) -> None:
         if command == "add":

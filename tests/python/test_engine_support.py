@@ -24,6 +24,7 @@ from jupyter_client.manager import KernelManager
 from kernel_env import describe, kernel_pid, process_tree, wait_gone
 from parallax import _remote
 from parallax._wire import DELIMITER, Message, Session
+from parallax._zmqio import PACK_DELIMITER, pack_messages, unpacked
 from parallax.serialize import deserialize_result, serialize_call
 
 REPLY_TIMEOUT = 30.0
@@ -51,6 +52,8 @@ class Controller:
         self.url = f"tcp://127.0.0.1:{port}"
         self.identity: bytes | None = None
         self.inbox: list[Message] = []
+        self.arrived: list[list[Any]] = []  # messages of a pack, not yet received
+        self.packs_received = 0
 
     def close(self) -> None:
         self.router.close(linger=0)
@@ -58,16 +61,21 @@ class Controller:
 
     def receive(self, timeout: float = REPLY_TIMEOUT) -> Message:
         deadline = time.monotonic() + timeout
-        while True:
+        while not self.arrived:
             left = deadline - time.monotonic()
             if left <= 0 or not self.router.poll(int(left * 1000)):
                 raise TimeoutError(f"nothing from the engine support within {timeout} s")
             frames = self.router.recv_multipart(copy=False)
-            msg = self.session.unpack(frames)
-            if msg is None:
-                raise AssertionError("the support sent a message that does not verify")
-            self.identity = frames[0].bytes
-            return msg
+            if len(frames) >= 2 and frames[-2].bytes == PACK_DELIMITER:  # a burst, packed
+                frames = [frame.bytes for frame in frames]
+                self.packs_received += 1
+            self.arrived.extend(unpacked(frames))
+        frames = self.arrived.pop(0)
+        msg = self.session.unpack(frames)
+        if msg is None:
+            raise AssertionError("the support sent a message that does not verify")
+        self.identity = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
+        return msg
 
     def send(self, msg_type: str, content: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
              buffers: list[Any] = (), parent: Message | None = None) -> str:  # type: ignore[assignment]
@@ -161,7 +169,7 @@ def controller(kernel: tuple[KernelManager, Any]) -> Iterator[Controller]:
         msg_id = kc.execute(code, silent=True)
         attach = side.receive(timeout=60)
         assert attach.msg_type == "attach_request"
-        assert attach.content == {"uuid": ENGINE_UUID}
+        assert attach.content == {"uuid": ENGINE_UUID, "packs": True}
         side.send("attach_reply", {"status": "ok"}, parent=attach)
         reply = kc.get_shell_msg(timeout=REPLY_TIMEOUT)
         assert reply["parent_header"]["msg_id"] == msg_id
@@ -232,6 +240,30 @@ def test_pipelined_tasks_are_all_answered_in_order(controller: Controller) -> No
             replies.append(msg)
     assert [r.parent_id for r in replies] == msg_ids
     assert [deserialize_result(r.buffers) for r in replies] == list(range(200))
+
+
+def test_a_pack_of_tasks_runs_one_by_one_each_with_its_own_output_and_timing(controller: Controller) -> None:
+    """A burst packed into one message, as the controller sends queued tasks: each task runs on
+    its own and gets its own stdout and reply; replies come back packed, in order."""
+    shout = interactive_function("def shout(i):\n    print('task', i)\n    return i * i\n", "shout")
+    requests = []
+    for i in range(50):
+        header, frames = controller.session.serialize("apply_request", {}, metadata={"engine": 0},
+                                                      buffers=serialize_call(shout, (i,)))
+        requests.append((header["msg_id"], frames))
+    [pack] = pack_messages([frames for _msg_id, frames in requests])
+    assert pack[0] == PACK_DELIMITER, "50 small requests make one pack"
+    controller.router.send_multipart([controller.identity, *pack])
+    packs_before = controller.packs_received
+    replies = []
+    for i, (msg_id, _frames) in enumerate(requests):
+        streams, reply = controller.outcome(msg_id)
+        assert "".join(m.content["text"] for m in streams) == f"task {i}\n"
+        assert deserialize_result(reply.buffers) == i * i
+        assert reply.metadata["started"] <= reply.metadata["completed"]
+        replies.append(reply)
+    assert controller.packs_received > packs_before, "a burst of replies goes back packed"
+    assert len({r.metadata["started"] for r in replies}) > 1, "each task has its own timing"
 
 
 def test_abort_drops_a_queued_task(controller: Controller) -> None:

@@ -28,7 +28,7 @@
 //!
 //! | from | msg_type | content |
 //! | --- | --- | --- |
-//! | support | `attach_request` | [`AttachRequest`]: the engine's uuid; answered `attach_reply` `{status}` |
+//! | support | `attach_request` | [`AttachRequest`]: the engine's uuid, whether it takes packs; answered `attach_reply` `{status}` |
 //! | controller | `apply_request` | the client's request as sent (header, metadata, buffers) |
 //! | support | `stream` | `{name, text}`: what the task printed, parented to the request |
 //! | support | `apply_reply` | metadata `{status, started, completed}`; buffers: the pickled result |
@@ -38,7 +38,7 @@
 //!
 //! | request | reply content |
 //! | --- | --- |
-//! | `connect_request` `{}` | [`ConnectReply`]; the client then also receives notifications |
+//! | `connect_request` [`ConnectRequest`] | [`ConnectReply`]; the client then also receives notifications |
 //! | `engines_request` `{}` | [`EnginesReply`] |
 //! | `queue_request` `{}` | [`QueueReply`] |
 //! | `task_request` [`TaskRequest`] | [`TaskReply`] |
@@ -185,6 +185,17 @@ pub struct ApplyRouting {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct AttachRequest {
     pub uuid: String,
+    /// The support unpacks packs ([`crate::pack`]), so bursts may be sent to it packed.
+    #[serde(default)]
+    pub packs: bool,
+}
+
+/// `connect_request`: a client that wants notifications.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectRequest {
+    /// The client unpacks packs ([`crate::pack`]), so bursts may be sent to it packed.
+    #[serde(default)]
+    pub packs: bool,
 }
 
 /// `abort_request`: tasks to drop if they have not started.

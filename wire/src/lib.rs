@@ -15,6 +15,7 @@
 //!   can re-parent and re-sign a message without re-serialising (or losing fields of) its content.
 //! - [`codec`]: [`Session`], which decodes received frames into a [`Message`] (every malformed input
 //!   is a [`DecodeError`], never a panic) and encodes messages into signed frames.
+//! - [`pack`]: several small messages for one peer in one frame (between Parallax's own ends).
 //! - [`connection`]: connection files (read, write with mode 0600) and channel endpoints.
 //! - [`profile`]: a cluster profile's folder and files (`$PARALLAX_DIR/profile_<name>/`).
 //! - [`cluster`]: the cluster protocol's message contents (client, controller, engine).
@@ -25,6 +26,7 @@ pub mod codec;
 pub mod connection;
 pub mod header;
 pub mod message;
+pub mod pack;
 pub mod profile;
 pub mod replies;
 pub mod sign;

@@ -204,6 +204,22 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_packs_never_panic(
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+        identities in 0usize..3,
+    ) {
+        let mut frames: Vec<Bytes> = (0..identities).map(|i| Bytes::from(vec![i as u8; 4])).collect();
+        frames.push(Bytes::from_static(parallax_wire::pack::PACK_DELIMITER));
+        frames.push(Bytes::from(body));
+        if let Ok(messages) = parallax_wire::pack::unpack(frames) {
+            for message in messages {
+                prop_assert!(message.len() > identities, "identities and delimiter first");
+                let _ = Session::new(b"key", "p").decode(message);
+            }
+        }
+    }
+
+    #[test]
     fn reparenting_round_trips(code in ".{0,64}", buffers in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..3)) {
         let front = Session::new(b"front-key", "f");
         let local = Session::new(b"local-key", "l");

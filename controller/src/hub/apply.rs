@@ -25,6 +25,7 @@ use serde_json::json;
 use super::clients::{new_record, ROUTING_ERROR};
 use super::{error_fields, execute_error, Hub};
 use crate::db::{Change, Command};
+use crate::registry::Registry;
 use crate::scheduler::{Constraints, Queued};
 
 impl Hub {
@@ -33,7 +34,10 @@ impl Hub {
     pub(super) async fn on_attach(&mut self, message: Message) {
         let content = match message.content_as::<AttachRequest>() {
             Ok(attach) => {
-                tracing::info!(uuid = %attach.uuid, "engine support attached");
+                tracing::info!(uuid = %attach.uuid, packs = attach.packs, "engine support attached");
+                if attach.packs {
+                    self.engine_packs.allow(&message.identities);
+                }
                 self.attached
                     .insert(attach.uuid.clone(), message.identities.clone());
                 if let Some(id) = self.registry.by_uuid(&attach.uuid) {
@@ -89,11 +93,14 @@ impl Hub {
                     excluded: Vec::new(),
                 };
                 self.insert_task(new_record(&message, None), &message);
-                self.scheduler.submit(Queued {
+                let queued = Queued {
                     request: message,
                     constraints,
-                });
-                self.fail_unrunnable().await;
+                };
+                if runs_nowhere(&self.registry, &queued.constraints) {
+                    return self.fail_unrunnable_task(queued).await;
+                }
+                self.scheduler.submit(queued);
                 self.dispatch().await;
             }
             _ => {
@@ -276,20 +283,19 @@ impl Hub {
     /// them already).
     async fn fail_unrunnable(&mut self) {
         let registry = &self.registry;
-        let doomed = self.scheduler.take_where(|constraints| {
-            constraints.targets.as_ref().is_some_and(|targets| {
-                targets.iter().all(|&id| {
-                    constraints.excluded.contains(&id)
-                        || !registry.get(id).is_some_and(|e| e.is_live())
-                })
-            })
-        });
+        let doomed = self
+            .scheduler
+            .take_where(|constraints| runs_nowhere(registry, constraints));
         for queued in doomed {
-            let targets = queued.constraints.targets.clone().unwrap_or_default();
-            let evalue = format!("no engine this task may run on is alive (targets: {targets:?})");
-            self.finish_unsent(queued.request, ENGINE_ERROR, &evalue, "error")
-                .await;
+            self.fail_unrunnable_task(queued).await;
         }
+    }
+
+    async fn fail_unrunnable_task(&mut self, queued: Queued) {
+        let targets = queued.constraints.targets.clone().unwrap_or_default();
+        let evalue = format!("no engine this task may run on is alive (targets: {targets:?})");
+        self.finish_unsent(queued.request, ENGINE_ERROR, &evalue, "error")
+            .await;
     }
 
     /// Fails queued tasks whose timeout has passed.
@@ -368,4 +374,13 @@ impl Hub {
         let content = json!({"status": "ok", "aborted": aborted, "forwarded": passed_on});
         self.reply(message, &content).await;
     }
+}
+
+/// Whether a task names engines of which none is alive (or has not died running it already).
+fn runs_nowhere(registry: &Registry, constraints: &Constraints) -> bool {
+    constraints.targets.as_ref().is_some_and(|targets| {
+        targets.iter().all(|&id| {
+            constraints.excluded.contains(&id) || !registry.get(id).is_some_and(|e| e.is_live())
+        })
+    })
 }

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use parallax_wire::cluster::{
-    ConnectReply, EngineId, EngineState, EnginesReply, PurgeRequest, QueryRequest, QueueReply,
-    QueueStatus, Routing, Targets, TaskRecord, TaskRequest, ENGINE_ERROR,
+    ConnectReply, ConnectRequest, EngineId, EngineState, EnginesReply, PurgeRequest, QueryRequest,
+    QueueReply, QueueStatus, Routing, Targets, TaskRecord, TaskRequest, ENGINE_ERROR,
 };
 use parallax_wire::{now_iso8601, Message};
 use serde::Deserialize;
@@ -76,6 +76,12 @@ impl Hub {
     async fn on_connect(&mut self, message: Message) {
         if !self.clients.contains(&message.identities) {
             self.clients.push(message.identities.clone());
+        }
+        if message
+            .content_as::<ConnectRequest>()
+            .is_ok_and(|request| request.packs)
+        {
+            self.client_packs.allow(&message.identities);
         }
         tracing::info!(client = %message.header().session, "client connected");
         let reply = ConnectReply {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parallax_net::{Inbox, LinkStats, Outbox};
+use parallax_net::{Inbox, LinkStats, Outbox, PackPeers};
 use parallax_wire::cluster::{EngineDied, EngineId, EngineState, ENGINE_ERROR, HEARTBEAT_TIMEOUT};
 use parallax_wire::replies::{error_content, reply_type};
 use parallax_wire::{now_iso8601, to_json_bytes, Message, Session};
@@ -46,9 +46,13 @@ pub(crate) struct Links {
     pub clients_out: Outbox,
     pub clients_in: Inbox,
     pub client_stats: Arc<LinkStats>,
+    /// Clients that take packs (they said so in `connect_request`).
+    pub client_packs: PackPeers,
     pub engines_out: Outbox,
     pub engines_in: Inbox,
     pub engine_stats: Arc<LinkStats>,
+    /// Engine supports that take packs (they said so in `attach_request`).
+    pub engine_packs: PackPeers,
 }
 
 /// How much of a stream a task has kept so far.
@@ -88,9 +92,11 @@ pub(crate) struct Hub {
     clients_out: Outbox,
     clients_in: Inbox,
     client_stats: Arc<LinkStats>,
+    client_packs: PackPeers,
     engines_out: Outbox,
     engines_in: Inbox,
     engine_stats: Arc<LinkStats>,
+    engine_packs: PackPeers,
     registry: Registry,
     scheduler: Scheduler,
     /// Engine support routes by engine uuid, as they attached (possibly before registering).
@@ -125,9 +131,11 @@ impl Hub {
             clients_out: links.clients_out,
             clients_in: links.clients_in,
             client_stats: links.client_stats,
+            client_packs: links.client_packs,
             engines_out: links.engines_out,
             engines_in: links.engines_in,
             engine_stats: links.engine_stats,
+            engine_packs: links.engine_packs,
             registry: Registry::default(),
             scheduler: Scheduler::default(),
             attached: HashMap::new(),
@@ -255,6 +263,9 @@ impl Hub {
         // kernel that died.
         self.lose_tasks_of(id, !restarting).await;
         if !restarting {
+            if let Some(route) = self.registry.get(id).and_then(|e| e.support.clone()) {
+                self.engine_packs.forget(&route);
+            }
             self.registry.set_support(id, None);
         }
         self.save_engine(id);
