@@ -3,8 +3,9 @@
 //! The hub never touches SQLite. It sends [`Command`]s over a channel to one dedicated thread
 //! that owns the connection and writes in batches:
 //!
-//! - task inserts and updates and engine rows are committed together, at most [`BATCH_DELAY`]
-//!   after the first change of a batch;
+//! - task inserts and updates and engine rows are committed together, [`BATCH_DELAY`] after the
+//!   first change of a batch (the thread sleeps meanwhile rather than wake for every change), with
+//!   the changes of each task merged into one statement;
 //! - stream text is gathered in memory per task and appended at most every [`STREAM_DELAY`] (and
 //!   when the task finishes), so a task that prints a line at a time does not rewrite its growing
 //!   row, and the WAL, for every line;
@@ -26,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -261,8 +262,10 @@ struct PendingStreams {
 /// The database thread's state.
 struct Writer {
     connection: Connection,
-    /// Inserts and updates, in arrival order.
-    changes: Vec<Command>,
+    /// Inserts and updates of the batch, merged per task, in order of each task's first change.
+    changes: Vec<Pending>,
+    /// Where each task's entry is in `changes`.
+    pending: HashMap<String, usize>,
     engines: BTreeMap<EngineId, EngineInfo>,
     streams: HashMap<String, PendingStreams>,
     batch_since: Option<Instant>,
@@ -273,6 +276,7 @@ impl Writer {
         Writer {
             connection,
             changes: Vec::new(),
+            pending: HashMap::new(),
             engines: BTreeMap::new(),
             streams: HashMap::new(),
             batch_since: None,
@@ -281,14 +285,38 @@ impl Writer {
 
     fn run(mut self, commands: Receiver<Command>) {
         loop {
-            let received = match self.deadline() {
-                None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(at) => commands.recv_timeout(at.saturating_duration_since(Instant::now())),
-            };
-            match received {
-                Ok(command) => self.take(command),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            if let Some(since) = self.batch_since {
+                // A batch is open: let the changes of the next few ms gather instead of waking
+                // for each (a task brings several). Reads wait at most this long.
+                let due = since + BATCH_DELAY;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            } else {
+                let received = match self.deadline() {
+                    None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    Some(at) => commands.recv_timeout(at.saturating_duration_since(Instant::now())),
+                };
+                match received {
+                    Ok(command) => self.take(command),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let mut open = true;
+            loop {
+                match commands.try_recv() {
+                    Ok(command) => self.take(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if !open {
+                break;
             }
             if self.deadline().is_some_and(|at| at <= Instant::now()) {
                 self.flush(false);
@@ -359,16 +387,33 @@ impl Writer {
             Command::Engine(info) => {
                 self.engines.insert(info.id, *info);
             }
-            Command::Update {
-                ref msg_id,
-                change: Change::Finished { .. },
-            } => {
-                if let Some(pending) = self.streams.get_mut(msg_id) {
-                    pending.due = true;
+            Command::Insert(task) => {
+                let entry = Pending::Insert(task, None);
+                match self.pending.get(&entry_id(&entry)) {
+                    // INSERT OR REPLACE: the row starts over.
+                    Some(&index) => self.changes[index] = entry,
+                    None => {
+                        self.pending.insert(entry_id(&entry), self.changes.len());
+                        self.changes.push(entry);
+                    }
                 }
-                self.changes.push(command);
             }
-            Command::Insert(_) | Command::Update { .. } => self.changes.push(command),
+            Command::Update { msg_id, change } => {
+                if matches!(change, Change::Finished { .. }) {
+                    if let Some(pending) = self.streams.get_mut(&msg_id) {
+                        pending.due = true;
+                    }
+                }
+                match self.pending.get(&msg_id) {
+                    Some(&index) => self.changes[index].add(change),
+                    None => {
+                        let mut entry = Pending::Update(msg_id.clone(), Box::default());
+                        entry.add(change);
+                        self.pending.insert(msg_id, self.changes.len());
+                        self.changes.push(entry);
+                    }
+                }
+            }
         }
         self.batch_since.get_or_insert_with(Instant::now);
     }
@@ -387,6 +432,7 @@ impl Writer {
             .filter_map(|id| self.streams.remove_entry(&id))
             .collect();
         let changes = std::mem::take(&mut self.changes);
+        self.pending.clear();
         let engines = std::mem::take(&mut self.engines);
         self.batch_since = None;
         if changes.is_empty() && engines.is_empty() && streams.is_empty() {
@@ -400,13 +446,13 @@ impl Writer {
 
     fn commit(
         &mut self,
-        changes: Vec<Command>,
+        changes: Vec<Pending>,
         engines: BTreeMap<EngineId, EngineInfo>,
         streams: Vec<(String, PendingStreams)>,
     ) -> rusqlite::Result<()> {
         let transaction = self.connection.transaction()?;
         for change in changes {
-            apply(&transaction, change)?;
+            change.write(&transaction)?;
         }
         for info in engines.values() {
             write_engine(&transaction, info)?;
@@ -427,75 +473,160 @@ fn json_text(value: &Option<Value>) -> Option<String> {
     value.as_ref().map(Value::to_string)
 }
 
-fn apply(db: &Connection, command: Command) -> rusqlite::Result<()> {
-    match command {
-        Command::Insert(task) => {
-            let NewTask { record: r, code } = *task;
-            db.prepare_cached(
-                "INSERT OR REPLACE INTO tasks (msg_id, client, engine, msg_type, status, submitted,
-                    started, completed, received, stdout, stderr, error, result, code)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?
-            .execute(params![
-                r.msg_id,
-                r.client,
-                r.engine,
-                r.msg_type,
-                r.status,
-                r.submitted,
-                r.started,
-                r.completed,
-                r.received,
-                r.stdout,
-                r.stderr,
-                json_text(&r.error),
-                json_text(&r.result),
-                code,
-            ])?;
-        }
-        Command::Update { msg_id, change } => {
-            let run = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
-                db.prepare_cached(sql)?.execute(values)
-            };
-            match change {
-                Change::Started(at) => run(
-                    "UPDATE tasks SET started = ?2 WHERE msg_id = ?1 AND started IS NULL",
-                    params![msg_id, at],
-                )?,
-                Change::Error(error) => run(
-                    "UPDATE tasks SET error = ?2 WHERE msg_id = ?1",
-                    params![msg_id, error.to_string()],
-                )?,
-                Change::Result(result) => run(
-                    "UPDATE tasks SET result = ?2 WHERE msg_id = ?1",
-                    params![msg_id, result.to_string()],
-                )?,
-                Change::Assigned(engine) => run(
-                    "UPDATE tasks SET engine = ?2 WHERE msg_id = ?1",
-                    params![msg_id, engine],
-                )?,
-                Change::Buffers { kept, size } => run(
-                    "UPDATE tasks SET result_buffers = ?2, result_bytes = ?3 WHERE msg_id = ?1",
-                    params![msg_id, kept.map(|b| pack_buffers(&b)), size],
-                )?,
+/// An apply result's buffers: kept (`Some`) when small enough, and their total size.
+type ResultBuffers = (Option<Vec<Bytes>>, u64);
+
+/// One task's changes within a batch, merged, so that each task costs one statement a commit:
+/// a task inserted and assigned (or even run) within one batch is one INSERT, and the changes a
+/// reply brings (started, buffers, error, finished) are one UPDATE.
+enum Pending {
+    /// A new row, with the changes that came after it applied.
+    Insert(Box<NewTask>, Option<ResultBuffers>),
+    /// Changes to a row written in an earlier batch.
+    Update(String, Box<Merged>),
+}
+
+/// Changes to one row; `None` fields are left as they are.
+#[derive(Default)]
+struct Merged {
+    started: Option<String>,
+    error: Option<Value>,
+    result: Option<Value>,
+    engine: Option<EngineId>,
+    buffers: Option<ResultBuffers>,
+    /// status, completed, received
+    finished: Option<(String, String, String)>,
+}
+
+fn entry_id(entry: &Pending) -> String {
+    match entry {
+        Pending::Insert(task, _) => task.record.msg_id.clone(),
+        Pending::Update(msg_id, _) => msg_id.clone(),
+    }
+}
+
+impl Pending {
+    /// Applies a later change, as the statement for it would have.
+    fn add(&mut self, change: Change) {
+        match self {
+            Pending::Insert(task, buffers) => {
+                let r = &mut task.record;
+                match change {
+                    Change::Started(at) => {
+                        r.started.get_or_insert(at);
+                    }
+                    Change::Error(error) => r.error = Some(error),
+                    Change::Result(result) => r.result = Some(result),
+                    Change::Assigned(engine) => r.engine = Some(engine),
+                    Change::Buffers { kept, size } => *buffers = Some((kept, size)),
+                    Change::Finished {
+                        status,
+                        completed,
+                        received,
+                    } => {
+                        r.status = status;
+                        r.completed = Some(completed);
+                        r.received = Some(received);
+                    }
+                }
+            }
+            Pending::Update(_, merged) => match change {
+                Change::Started(at) => {
+                    merged.started.get_or_insert(at);
+                }
+                Change::Error(error) => merged.error = Some(error),
+                Change::Result(result) => merged.result = Some(result),
+                Change::Assigned(engine) => merged.engine = Some(engine),
+                Change::Buffers { kept, size } => merged.buffers = Some((kept, size)),
                 Change::Finished {
                     status,
                     completed,
                     received,
-                } => run(
-                    "UPDATE tasks SET status = ?2, completed = ?3, received = ?4 WHERE msg_id = ?1",
-                    params![msg_id, status, completed, received],
-                )?,
-            };
+                } => merged.finished = Some((status, completed, received)),
+            },
         }
-        // Not batched as changes (see `Writer::take`).
-        Command::Stream { .. }
-        | Command::Engine(_)
-        | Command::Get { .. }
-        | Command::Query { .. }
-        | Command::Purge { .. } => {}
     }
-    Ok(())
+
+    fn write(self, db: &Connection) -> rusqlite::Result<()> {
+        match self {
+            Pending::Insert(task, buffers) => {
+                let NewTask { record: r, code } = *task;
+                let (kept, size) = buffers.map_or((None, None), |(kept, size)| (kept, Some(size)));
+                db.prepare_cached(
+                    "INSERT OR REPLACE INTO tasks (msg_id, client, engine, msg_type, status,
+                        submitted, started, completed, received, stdout, stderr, error, result,
+                        code, result_buffers, result_bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                        ?16)",
+                )?
+                .execute(params![
+                    r.msg_id,
+                    r.client,
+                    r.engine,
+                    r.msg_type,
+                    r.status,
+                    r.submitted,
+                    r.started,
+                    r.completed,
+                    r.received,
+                    r.stdout,
+                    r.stderr,
+                    json_text(&r.error),
+                    json_text(&r.result),
+                    code,
+                    kept.map(|b| pack_buffers(&b)),
+                    size,
+                ])?;
+            }
+            Pending::Update(msg_id, merged) => {
+                let Merged {
+                    started,
+                    error,
+                    result,
+                    engine,
+                    buffers,
+                    finished,
+                } = *merged;
+                let has_buffers = buffers.is_some();
+                let (kept, size) = buffers.map_or((None, None), |(kept, size)| (kept, Some(size)));
+                let (status, completed, received) = match finished {
+                    Some((status, completed, received)) => {
+                        (Some(status), Some(completed), Some(received))
+                    }
+                    None => (None, None, None),
+                };
+                // `started` keeps the first time it was set; a finished task gets its status
+                // and both times together.
+                db.prepare_cached(
+                    "UPDATE tasks SET
+                        started = COALESCE(started, ?2),
+                        error = COALESCE(?3, error),
+                        result = COALESCE(?4, result),
+                        engine = COALESCE(?5, engine),
+                        result_buffers = CASE WHEN ?6 THEN ?7 ELSE result_buffers END,
+                        result_bytes = CASE WHEN ?6 THEN ?8 ELSE result_bytes END,
+                        status = COALESCE(?9, status),
+                        completed = CASE WHEN ?9 IS NULL THEN completed ELSE ?10 END,
+                        received = CASE WHEN ?9 IS NULL THEN received ELSE ?11 END
+                     WHERE msg_id = ?1",
+                )?
+                .execute(params![
+                    msg_id,
+                    started,
+                    error.map(|e| e.to_string()),
+                    result.map(|r| r.to_string()),
+                    engine,
+                    has_buffers,
+                    kept.map(|b| pack_buffers(&b)),
+                    size,
+                    status,
+                    completed,
+                    received,
+                ])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn state_name(state: EngineState) -> &'static str {
@@ -743,6 +874,94 @@ mod tests {
         assert_eq!(task.status, "error");
         assert_eq!(task.error.expect("error")["ename"], ENGINE_ERROR);
         assert_eq!(get(&db, "m1").expect("kept").stdout, "ab\n");
+    }
+
+    fn update(db: &TaskDb, msg_id: &str, change: Change) {
+        db.send(Command::Update {
+            msg_id: msg_id.into(),
+            change,
+        });
+    }
+
+    fn finished(status: &str, completed: &str) -> Change {
+        Change::Finished {
+            status: status.into(),
+            completed: completed.into(),
+            received: "r".into(),
+        }
+    }
+
+    fn stored(db: &TaskDb, msg_id: &str) -> StoredTask {
+        let (tx, rx) = oneshot::channel();
+        db.send(Command::Get {
+            msg_id: msg_id.into(),
+            reply: tx,
+        });
+        rx.blocking_recv()
+            .expect("answered")
+            .expect("query")
+            .expect("recorded")
+    }
+
+    #[test]
+    fn changes_merged_in_a_batch_read_back_as_written_one_by_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = TaskDb::open(&dir.path().join("tasks.db")).expect("open");
+        let buffers = Change::Buffers {
+            kept: Some(vec![Bytes::from_static(b"pickle")]),
+            size: 6,
+        };
+        // One batch: inserted, assigned, run and finished (one INSERT).
+        let mut queued = record("fast");
+        queued.engine = None;
+        db.send(Command::Insert(Box::new(NewTask {
+            record: queued,
+            code: String::new(),
+        })));
+        update(&db, "fast", Change::Assigned(3));
+        update(&db, "fast", Change::Started("s1".into()));
+        update(&db, "fast", Change::Started("s2".into()));
+        update(&db, "fast", buffers);
+        update(&db, "fast", finished("ok", "c1"));
+        let fast = stored(&db, "fast");
+        assert_eq!(fast.record.engine, Some(3));
+        assert_eq!(
+            fast.record.started.as_deref(),
+            Some("s1"),
+            "the first start"
+        );
+        assert_eq!(fast.record.status, "ok");
+        assert_eq!(fast.record.completed.as_deref(), Some("c1"));
+        assert_eq!(fast.buffers, [Bytes::from_static(b"pickle")]);
+
+        // Written first, then changed over two later batches (UPDATEs).
+        db.send(Command::Insert(Box::new(NewTask {
+            record: record("slow"),
+            code: String::new(),
+        })));
+        assert_eq!(stored(&db, "slow").record.status, "pending");
+        update(&db, "slow", Change::Started("s1".into()));
+        update(&db, "slow", Change::Assigned(2));
+        assert_eq!(stored(&db, "slow").record.started.as_deref(), Some("s1"));
+        update(&db, "slow", Change::Started("s2".into()));
+        update(
+            &db,
+            "slow",
+            Change::Error(serde_json::json!({"ename": "E"})),
+        );
+        update(&db, "slow", finished("error", "c2"));
+        let slow = stored(&db, "slow").record;
+        assert_eq!(
+            slow.started.as_deref(),
+            Some("s1"),
+            "a later start does not replace it"
+        );
+        assert_eq!(slow.engine, Some(2));
+        assert_eq!(slow.status, "error");
+        assert_eq!(slow.completed.as_deref(), Some("c2"));
+        assert_eq!(slow.received.as_deref(), Some("r"));
+        assert_eq!(slow.error, Some(serde_json::json!({"ename": "E"})));
+        assert!(stored(&db, "slow").buffers.is_empty());
     }
 
     #[test]
