@@ -7,7 +7,8 @@ IPYTHONDIR / Jupyter folders:
   `parallax.Client(profile='bench-client')`;
 - ipyparallel: `ipyparallel.Cluster(n=2).start_and_connect_sync()`.
 
-Then each workload below runs on both clients with identical calls (views are made once per client):
+Then each workload below runs on both clients with identical calls (views are made once per client),
+each once the machine is quiet (see `settle`):
 apply latency on one engine and on both, `execute`, 2,000 load-balanced `apply_async`, load-balanced
 `map_sync` of a trivial function and of 350 µs of busy work (against a serial loop timed in this
 process), push / pull and scatter / gather of 100 MB of float64. Each round runs every workload once
@@ -224,6 +225,37 @@ def scatter_gather(views: Views, arr: np.ndarray) -> dict[str, float]:
     return {"scatter": arr.nbytes / MB / (scattered - start), "gather": arr.nbytes / MB / (done - scattered)}
 
 
+def busy_seconds(root: str) -> float:
+    """CPU seconds used so far by this process and by every process of either cluster (they
+    inherit the run's temporary folders in their environment)."""
+    own = os.times()
+    total = own.user + own.system
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if root.encode() not in Path(f"/proc/{pid}/environ").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone, or not ours to read
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def settle(root: str, window: float = 0.1, quiet: float = 0.05, limit: float = 10.0) -> None:
+    """Wait until this process and both clusters use under `quiet` of a core over `window`
+    seconds (at most `limit` seconds): a system still busy after a workload (late output messages
+    in its client's thread, its hub's bookkeeping) must not be timed in the next system's figure."""
+    give_up = time.monotonic() + limit
+    while time.monotonic() < give_up:
+        before = busy_seconds(root)
+        time.sleep(window)
+        if busy_seconds(root) - before < quiet * window:
+            return
+
+
 def check(ok: bool, what: str) -> None:
     if not ok:
         raise AssertionError(what)
@@ -330,7 +362,9 @@ def render(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace)
         f"The same calls through `parallax.Client` and `ipyparallel.Client`, {ENGINES} engines each, both "
         "clusters up at once; views are made once per client (`rc[0]`, `rc[:]`, `rc.load_balanced_view()`). "
         f"Medians (min–max) of {args.rounds} rounds, each running every workload once per client and "
-        "alternating which client goes first, after one small warm-up pass; a latency sample is the mean "
+        "alternating which client goes first, after one small warm-up pass; before each workload the bench "
+        "waits until both clusters and its own process are idle (under 5% of a core for 0.1 s, at most "
+        "10 s), so neither system's trailing work is timed in the other's figure. A latency sample is the mean "
         f"of {args.calls} calls. `map_sync` runs with default arguments; the {WORK_SECONDS * 1e6:.0f} µs "
         f"busy loop is compared with `[work(x) for x in range({MAP_ITEMS})]` timed in the same process just "
         "before. Transferred arrays are checked for equality outside the timing. The ratio is parallax "
@@ -416,6 +450,7 @@ def main() -> int:
             order = systems if r % 2 == 0 else systems[::-1]
             for name, run in workloads(args, arr):
                 for system in order:
+                    settle(str(root))
                     with deadline(args.timeout, f"{system}: {name}"):
                         figures = run(views[system])
                     for key, value in figures.items():
