@@ -278,6 +278,8 @@ def deserialize_call(frames: list[Any], namespace: dict[str, Any]) -> tuple[Call
 
 def serialize_result(obj: Any) -> list[Any]:
     """The buffers of an apply_reply carrying `obj`."""
+    if type(obj) in _CONSTANT_TYPES:  # what cloudpickle would write, without building a pickler
+        return [pickle.dumps(obj, PICKLE_PROTOCOL)]
     return _dump(cloudpickle.Pickler, obj)
 
 
