@@ -26,6 +26,7 @@ Prints a table and rewrites the `client-api` section of docs/benchmarks.md (the 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import signal
@@ -247,7 +248,11 @@ def busy_seconds(root: str) -> float:
 def settle(root: str, window: float = 0.1, quiet: float = 0.05, limit: float = 10.0) -> None:
     """Wait until this process and both clusters use under `quiet` of a core over `window`
     seconds (at most `limit` seconds): a system still busy after a workload (late output messages
-    in its client's thread, its hub's bookkeeping) must not be timed in the next system's figure."""
+    in its client's thread, its hub's bookkeeping) must not be timed in the next system's figure.
+    First collects this process's garbage: both clients share it, and a full collection of one
+    client's cyclic garbage (ipyparallel leaves hundreds of thousands of objects) landing in the
+    other's workload costs that one 100 ms or more."""
+    gc.collect()
     give_up = time.monotonic() + limit
     while time.monotonic() < give_up:
         before = busy_seconds(root)
@@ -363,8 +368,8 @@ def render(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace)
         "clusters up at once; views are made once per client (`rc[0]`, `rc[:]`, `rc.load_balanced_view()`). "
         f"Medians (min–max) of {args.rounds} rounds, each running every workload once per client and "
         "alternating which client goes first, after one small warm-up pass; before each workload the bench "
-        "waits until both clusters and its own process are idle (under 5% of a core for 0.1 s, at most "
-        "10 s), so neither system's trailing work is timed in the other's figure. A latency sample is the mean "
+        "collects the process's garbage and waits until both clusters and the process are idle (under 5% "
+        "of a core for 0.1 s, at most 10 s), so neither system's trailing work is timed in the other's figure. A latency sample is the mean "
         f"of {args.calls} calls. `map_sync` runs with default arguments; the {WORK_SECONDS * 1e6:.0f} µs "
         f"busy loop is compared with `[work(x) for x in range({MAP_ITEMS})]` timed in the same process just "
         "before. Transferred arrays are checked for equality outside the timing. The ratio is parallax "
