@@ -74,6 +74,14 @@ class Metadata(dict):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
+    @classmethod
+    def fresh(cls, msg_id: str, engine_id: int | None, submitted: datetime, label: Any) -> Metadata:
+        """A new task's metadata (the constructor's checks, skipped for these known keys)."""
+        md = cls.__new__(cls)
+        dict.update(md, _METADATA_DEFAULTS)
+        dict.update(md, outputs=[], data={}, msg_id=msg_id, engine_id=engine_id, submitted=submitted, label=label)
+        return md
+
     def __getattr__(self, key: str) -> Any:
         try:
             return self[key]
@@ -128,7 +136,7 @@ class Task:
     ) -> None:
         self.msg_id = msg_id
         self.kind = kind  # "apply" or "execute"
-        self.metadata = Metadata(msg_id=msg_id, engine_id=engine_id, submitted=submitted or utcnow(), label=label)
+        self.metadata = Metadata.fresh(msg_id, engine_id, submitted or utcnow(), label)
         self.chunk = chunk  # how many map items the task carries
         self.done = False
         self.content: dict[str, Any] = {}
@@ -169,14 +177,17 @@ class Task:
     def complete(self, content: dict[str, Any], metadata: dict[str, Any], date: str | None, buffers: list[Any]) -> None:
         """Record the reply; wakes waiters and calls listeners. A second reply is ignored."""
         md = self.metadata
+        status = content.get("status", "error")
+        reply = {
+            "status": status,
+            "started": metadata.get("started", md["started"]),
+            "completed": metadata.get("completed") or date,
+            "received": utcnow(),
+        }
         engine_id = metadata.get("engine_id")
         if engine_id is not None:
-            md["engine_id"] = engine_id
-        status = content.get("status", "error")
-        md["status"] = status
-        md["started"] = metadata.get("started", md["started"])
-        md["completed"] = metadata.get("completed") or date
-        md["received"] = utcnow()
+            reply["engine_id"] = engine_id
+        dict.update(md, reply)  # known keys: no need for Metadata's check of each
         with _completion_lock:
             if self.done:
                 return

@@ -354,7 +354,7 @@ class Client(TaskDatabase):
             engine_id = task.metadata["engine_id"]
         info = self._engines.get(engine_id) if isinstance(engine_id, int) else None
         if info is not None:
-            task.metadata["engine_uuid"] = info.get("uuid")
+            dict.__setitem__(task.metadata, "engine_uuid", info.get("uuid"))
 
     def _check_controller(self) -> None:
         if self._lost is None and not pid_alive(self._controller_pid):  # type: ignore[arg-type]
