@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parallax_wire::pack::{self, PACK_COUNT_LIMIT};
+use parallax_wire::pack::{self, PACK_BYTES_LIMIT, PACK_COUNT_LIMIT, PACK_MESSAGE_LIMIT};
 use parallax_wire::{Message, Session};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -415,19 +415,27 @@ fn outgoing(
     let mut out = Vec::new();
     let mut run: Vec<Vec<Bytes>> = Vec::new();
     let mut run_identities: Vec<Bytes> = Vec::new();
+    let mut run_bytes = 0;
     for message in messages {
         let frames = session.encode(&message);
+        let size = pack::size(&frames);
         let takes_packs = peers.is_some_and(|peers| peers.accepts(&message.identities));
-        if !takes_packs || !pack::packable(&frames) {
+        if !takes_packs || size > PACK_MESSAGE_LIMIT {
             flush(&mut run, &run_identities, &mut out);
             out.push(("message", frames));
             continue;
         }
-        if run.is_empty() || run_identities != message.identities {
+        if run.is_empty()
+            || run_identities != message.identities
+            || run.len() == PACK_COUNT_LIMIT
+            || run_bytes >= PACK_BYTES_LIMIT
+        {
             flush(&mut run, &run_identities, &mut out);
             run_identities = message.identities;
+            run_bytes = 0;
         }
         run.push(frames);
+        run_bytes += size;
     }
     flush(&mut run, &run_identities, &mut out);
     out
@@ -487,6 +495,22 @@ mod tests {
         );
         assert_eq!(received[1].identities, [Bytes::from_static(b"a")]);
         assert_eq!(received[3].buffers[0].len(), 100_000);
+
+        // A long burst is cut into packs of a bounded size.
+        let many = (0..100).map(|i| to(b"a", i, 40_000));
+        let sent = outgoing(&session, many, Some(&peers));
+        assert!(sent.len() > 1, "100 × 40 kB is more than one pack");
+        let biggest = sent.iter().map(|(_, frames)| pack::size(frames)).max();
+        assert!(biggest.unwrap_or(0) < PACK_BYTES_LIMIT + PACK_MESSAGE_LIMIT + 1024);
+        let mut numbers = Vec::new();
+        for (_, frames) in sent {
+            numbers.extend(
+                decode(&session, &LinkStats::new("test"), frames)
+                    .iter()
+                    .map(number),
+            );
+        }
+        assert_eq!(numbers, (0..100).collect::<Vec<u64>>());
     }
 
     #[test]

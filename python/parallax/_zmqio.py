@@ -38,6 +38,7 @@ DELIMITER = b"<IDS|MSG>"
 PACK_DELIMITER = b"<PX|PACK>"
 PACK_MESSAGE_LIMIT = 64 * 1024  # the largest message (all its frames) that is packed
 PACK_COUNT_LIMIT = 512  # the most messages in one pack
+PACK_BYTES_LIMIT = 1 << 20  # a pack is closed once it holds this many bytes
 _U32 = struct.Struct("<I")
 
 log = logging.getLogger("parallax")
@@ -89,17 +90,20 @@ def pack_messages(messages: list[list[Any]]) -> list[list[Any]]:
     """The ZeroMQ messages to send for `messages`, in order: runs of small ones packed."""
     out: list[list[Any]] = []
     run: list[list[Any]] = []
+    run_bytes = 0
     for message in messages:
-        if _size(message) > PACK_MESSAGE_LIMIT:
+        size = _size(message)
+        if size > PACK_MESSAGE_LIMIT:
             if run:
                 out.append(run[0] if len(run) == 1 else _pack(run))
-                run = []
+                run, run_bytes = [], 0
             out.append(message)
             continue
         run.append(message)
-        if len(run) == PACK_COUNT_LIMIT:
-            out.append(_pack(run))
-            run = []
+        run_bytes += size
+        if len(run) == PACK_COUNT_LIMIT or run_bytes >= PACK_BYTES_LIMIT:
+            out.append(run[0] if len(run) == 1 else _pack(run))
+            run, run_bytes = [], 0
     if run:
         out.append(run[0] if len(run) == 1 else _pack(run))
     return out

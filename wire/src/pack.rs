@@ -11,7 +11,8 @@
 //! Integers are little-endian. Each packed message is a whole signed Jupyter message after its
 //! delimiter (signature, the four JSON frames, buffers), so every one is verified on its own;
 //! the routing identities are the outer message's. Only messages that are small in all (at most
-//! [`PACK_MESSAGE_LIMIT`] bytes) are packed: large buffers travel as frames of their own, without a
+//! [`PACK_MESSAGE_LIMIT`] bytes) are packed, at most [`PACK_COUNT_LIMIT`] of them or about
+//! [`PACK_BYTES_LIMIT`] bytes to a pack: large buffers travel as frames of their own, without a
 //! copy. A pack is never sent to a peer that is not Parallax (a kernel): the sender decides per
 //! link, and every receiver in Parallax unpacks.
 
@@ -25,6 +26,8 @@ pub const PACK_DELIMITER: &[u8] = b"<PX|PACK>";
 pub const PACK_MESSAGE_LIMIT: usize = 64 * 1024;
 /// The most messages in one pack.
 pub const PACK_COUNT_LIMIT: usize = 512;
+/// A pack is closed once it holds this many bytes.
+pub const PACK_BYTES_LIMIT: usize = 1 << 20;
 
 /// Why a pack's body could not be split into messages.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,9 +39,9 @@ pub fn is_pack(frames: &[Bytes]) -> bool {
     frames.len() >= 2 && frames[frames.len() - 2].as_ref() == PACK_DELIMITER
 }
 
-/// Whether an encoded message (identities, delimiter, ...) is small enough to be packed.
-pub fn packable(frames: &[Bytes]) -> bool {
-    frames.iter().map(Bytes::len).sum::<usize>() <= PACK_MESSAGE_LIMIT
+/// The bytes of an encoded message's frames.
+pub fn size(frames: &[Bytes]) -> usize {
+    frames.iter().map(Bytes::len).sum()
 }
 
 /// Packs encoded messages that share `identities` (each: the identities, the delimiter, then
