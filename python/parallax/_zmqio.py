@@ -164,8 +164,11 @@ class Outbox:
                 raise RuntimeError("the connection is closed")
             self._queue.append(frames)
             if not self._wake_pending:
-                self._wake_pending = True
+                # The flag is set only once the byte is sent: a KeyboardInterrupt can land in the
+                # send (the stop button while a task prints), and a flag set before it would keep
+                # every later put from waking the IO thread, so nothing queued would ever leave.
                 self._writer.send(b"")
+                self._wake_pending = True
 
     def take(self) -> list[list[Any] | None]:
         """Everything queued so far (IO thread only)."""

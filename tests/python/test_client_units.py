@@ -36,7 +36,7 @@ import parallax
 import parallax as ipp
 from parallax import _partition, error
 from parallax._wire import DELIMITER, Session, iso_now, parse_date
-from parallax._zmqio import PACK_DELIMITER, pack_messages, unpacked
+from parallax._zmqio import Outbox, PACK_BYTES_LIMIT, PACK_DELIMITER, PACK_MESSAGE_LIMIT, pack_messages, unpacked
 from parallax.asyncresult import AsyncMapResult, AsyncResult, Task
 from parallax.engine import error_content
 from parallax.serialize import (
@@ -128,11 +128,42 @@ def test_small_messages_are_packed_in_order_and_large_ones_go_alone(caplog: pyte
     assert unpacked([b"peer", *sent[0]]) == [[b"peer", *frames] for frames in small[:2]]
     assert [session.unpack(frames).content for frames in unpacked(sent[0])] == [{"i": 0}, {"i": 1}]
     assert unpacked(small[2]) == [small[2]], "a message that is not a pack is itself"
+    # A long burst is cut into packs of about PACK_BYTES_LIMIT.
+    burst = [session.serialize("apply_request", {"i": i}, buffers=[b"y" * 40_000])[1] for i in range(100)]
+    packs = pack_messages(burst)
+    assert 1 < len(packs) < 10 and all(len(p[1]) < PACK_BYTES_LIMIT + PACK_MESSAGE_LIMIT for p in packs)
+    arrived = [session.unpack(frames).content["i"] for p in packs for frames in unpacked(p)]
+    assert arrived == list(range(100))
     # A pack cut short yields the messages before the damage, and a warning.
     body = sent[0][1]
     with caplog.at_level("WARNING", logger="parallax"):
         assert len(unpacked([PACK_DELIMITER, body[:-3]])) == 1
     assert "malformed pack" in caplog.text
+
+
+def test_an_interrupted_put_does_not_silence_the_outbox() -> None:
+    """A KeyboardInterrupt that lands in Outbox.put's wake-up send (the stop button while a task
+    prints) must not keep later messages from waking the IO thread."""
+    context = zmq.Context()
+    outbox = Outbox(context, "test")
+    real_writer = outbox._writer
+
+    class Interrupted:
+        def send(self, data: bytes) -> None:
+            raise KeyboardInterrupt
+
+    try:
+        outbox._writer = Interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            outbox.put([b"first"])
+        outbox._writer = real_writer
+        outbox.put([b"second"])
+        assert outbox.reader.poll(1000), "the IO thread is woken"
+        assert outbox.take() == [[b"first"], [b"second"]]
+    finally:
+        outbox.close()
+        outbox.reader.close(linger=0)
+        context.term()
 
 
 def test_dates() -> None:
