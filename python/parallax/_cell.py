@@ -64,6 +64,22 @@ class _Flusher:
 _flushers: dict[int, _Flusher] = {}
 
 
+# The number of read(2), whose thread is blocked there with nothing read yet.
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine)
+
+
+def _in_read_syscall(native_id: int | None) -> bool:
+    """Whether thread `native_id` of this process is inside read(2) (False when unknown)."""
+    if native_id is None or _READ_SYSCALL is None:
+        return False
+    try:
+        with open(f"/proc/self/task/{native_id}/syscall", "rb") as f:
+            first = f.read(32).split(b" ", 1)[0]
+    except OSError:
+        return False
+    return first.isdigit() and int(first) == _READ_SYSCALL
+
+
 class _FdCapture:
     """Sends what ipykernel reads from one redirected descriptor to a cell's stream."""
 
@@ -108,7 +124,11 @@ class _FdCapture:
         if frame.f_code.co_name != "_watch_pipe_fd":
             return True
         line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
-        return "os.read(" not in line
+        if "os.read(" not in line:
+            return True
+        # At `os.read` in Python terms, but the read may have returned with output while the
+        # thread waits for the GIL (a busy machine): only the read system call itself is idle.
+        return not _in_read_syscall(getattr(thread, "native_id", None))
 
     def start(self) -> None:
         self.kernel_stream.write = self.write
