@@ -801,16 +801,17 @@ mod tests {
         }
     }
 
-    fn get(db: &TaskDb, msg_id: &str) -> Option<TaskRecord> {
+    fn lookup(db: &TaskDb, msg_id: &str) -> Option<StoredTask> {
         let (tx, rx) = oneshot::channel();
         db.send(Command::Get {
             msg_id: msg_id.into(),
             reply: tx,
         });
-        rx.blocking_recv()
-            .expect("answered")
-            .expect("query")
-            .map(|task| task.record)
+        rx.blocking_recv().expect("answered").expect("query")
+    }
+
+    fn get(db: &TaskDb, msg_id: &str) -> Option<TaskRecord> {
+        lookup(db, msg_id).map(|task| task.record)
     }
 
     #[test]
@@ -892,15 +893,7 @@ mod tests {
     }
 
     fn stored(db: &TaskDb, msg_id: &str) -> StoredTask {
-        let (tx, rx) = oneshot::channel();
-        db.send(Command::Get {
-            msg_id: msg_id.into(),
-            reply: tx,
-        });
-        rx.blocking_recv()
-            .expect("answered")
-            .expect("query")
-            .expect("recorded")
+        lookup(db, msg_id).expect("recorded")
     }
 
     #[test]
