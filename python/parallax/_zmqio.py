@@ -17,6 +17,8 @@ Each of them has one IO thread that owns its DEALER; other threads never touch t
   its bytes (the frames after the message's delimiter: each is a whole signed message). The IO
   threads pack what they find waiting in their outbox, so a burst costs one send while a lone
   message goes as it is, and unpack whatever arrives.
+- `Outbox.send_waiting` / `receive_waiting`: what an IO thread does when its poller says the
+  outbox or the DEALER is readable.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import collections
 import logging
 import struct
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -139,6 +141,21 @@ def unpacked(frames: list[Any]) -> list[list[Any]]:
     return messages
 
 
+def receive_waiting(socket: zmq.Socket, handle: Callable[[list[Any]], None], limit: int = 1000) -> None:
+    """Hand each message waiting on `socket` (those of a pack one by one) to `handle`, at most
+    `limit` ZeroMQ messages at a time; an exception in `handle` is logged and skips one message."""
+    for _ in range(limit):
+        try:
+            frames = recv_frames(socket)
+        except zmq.Again:
+            return
+        for message in unpacked(frames):
+            try:
+                handle(message)
+            except Exception:
+                log.exception("failed to handle a message from the controller")
+
+
 class Outbox:
     """Messages from any thread to the IO thread that owns a socket.
 
@@ -182,6 +199,17 @@ class Outbox:
             self._queue.clear()
             self._wake_pending = False
         return items
+
+    def send_waiting(self, socket: zmq.Socket) -> bool:
+        """Send what was queued (small messages packed) on `socket` (IO thread only); True when
+        asked to stop."""
+        items = self.take()
+        for frames in pack_messages([item for item in items if item is not None]):
+            try:
+                send_frames(socket, frames)
+            except zmq.ZMQError:
+                log.exception("could not send a message to the controller")
+        return None in items
 
     def close(self) -> None:
         """Close the producer side (the IO thread closes `reader` itself)."""

@@ -46,7 +46,7 @@ from . import _shm, error
 from ._shm import pid_alive
 from ._database import TaskDatabase
 from ._wire import Message, Session
-from ._zmqio import Outbox, pack_messages, recv_frames, send_frames, unpacked
+from ._zmqio import Outbox, receive_waiting
 from .asyncresult import AsyncResult, Task
 from .view import DirectView, LoadBalancedView
 
@@ -246,10 +246,10 @@ class Client(TaskDatabase):
         try:
             while True:
                 events = dict(poller.poll(_LIVENESS_INTERVAL * 1000))
-                if self._outbox.reader in events and self._send_outbox():
+                if self._outbox.reader in events and self._outbox.send_waiting(self._dealer):
                     break
                 if self._dealer in events:
-                    self._receive_incoming()
+                    receive_waiting(self._dealer, self._dispatch)
                 if self._watch_controller and time.monotonic() >= next_check:
                     next_check = time.monotonic() + _LIVENESS_INTERVAL
                     self._check_controller()
@@ -261,29 +261,6 @@ class Client(TaskDatabase):
         finally:
             self._dealer.close()
             self._outbox.reader.close(linger=0)
-
-    def _send_outbox(self) -> bool:
-        """Send what user threads queued (small messages packed); True when asked to stop."""
-        items = self._outbox.take()
-        stop = None in items
-        for frames in pack_messages([item for item in items if item is not None]):
-            try:
-                send_frames(self._dealer, frames)
-            except zmq.ZMQError:
-                log.exception("could not send a message to the controller")
-        return stop
-
-    def _receive_incoming(self) -> None:
-        for _ in range(1000):
-            try:
-                frames = recv_frames(self._dealer)
-            except zmq.Again:
-                return
-            for message in unpacked(frames):
-                try:
-                    self._dispatch(message)
-                except Exception:
-                    log.exception("failed to handle a message from the controller")
 
     def _dispatch(self, frames: list[Any]) -> None:
         msg = self.session.unpack(frames)

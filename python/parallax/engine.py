@@ -53,7 +53,7 @@ from ._cell import run_cell
 from . import _shm
 from ._remote import _shell
 from ._wire import Message, Session, iso_now
-from ._zmqio import Outbox, pack_messages, recv_frames, send_frames, unpacked
+from ._zmqio import Outbox, receive_waiting, send_frames, unpacked
 from .serialize import deserialize_call, serialize_result
 
 log = logging.getLogger("parallax.engine")
@@ -286,10 +286,10 @@ class EngineSupport:
         try:
             while True:
                 events = dict(poller.poll(sweep_ms if self.unclaimed else None))
-                if self.outbox.reader in events and self._send_outbox():
+                if self.outbox.reader in events and self.outbox.send_waiting(self.dealer):
                     return
                 if self.dealer in events:
-                    self._receive()
+                    receive_waiting(self.dealer, self._on_message)
                 if self.unclaimed and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + _shm.Unclaimed.SWEEP_INTERVAL
                     self.unclaimed.sweep()
@@ -300,29 +300,6 @@ class EngineSupport:
         finally:
             self.dealer.close()
             self.outbox.reader.close(linger=0)
-
-    def _send_outbox(self) -> bool:
-        """Send what the main thread queued (small messages packed); True when asked to stop."""
-        items = self.outbox.take()
-        stop = None in items
-        for frames in pack_messages([item for item in items if item is not None]):
-            try:
-                send_frames(self.dealer, frames)
-            except zmq.ZMQError:
-                log.exception("could not send a message to the controller")
-        return stop
-
-    def _receive(self) -> None:
-        for _ in range(1000):
-            try:
-                frames = recv_frames(self.dealer)
-            except zmq.Again:
-                return
-            for message in unpacked(frames):
-                try:
-                    self._on_message(message)
-                except Exception:
-                    log.exception("failed to handle a message from the controller")
 
     def _on_message(self, frames: list[Any]) -> None:
         msg = self.session.unpack(frames)
