@@ -388,12 +388,13 @@ impl Writer {
                 self.engines.insert(info.id, *info);
             }
             Command::Insert(task) => {
-                let entry = Pending::Insert(task, None);
-                match self.pending.get(&entry_id(&entry)) {
+                let entry = Pending::Insert(task, Box::default());
+                match self.pending.get(entry.msg_id()) {
                     // INSERT OR REPLACE: the row starts over.
                     Some(&index) => self.changes[index] = entry,
                     None => {
-                        self.pending.insert(entry_id(&entry), self.changes.len());
+                        self.pending
+                            .insert(entry.msg_id().to_owned(), self.changes.len());
                         self.changes.push(entry);
                     }
                 }
@@ -480,8 +481,8 @@ type ResultBuffers = (Option<Vec<Bytes>>, u64);
 /// a task inserted and assigned (or even run) within one batch is one INSERT, and the changes a
 /// reply brings (started, buffers, error, finished) are one UPDATE.
 enum Pending {
-    /// A new row, with the changes that came after it applied.
-    Insert(Box<NewTask>, Option<ResultBuffers>),
+    /// A new row, and the changes that came after it (applied to it when written).
+    Insert(Box<NewTask>, Box<Merged>),
     /// Changes to a row written in an earlier batch.
     Update(String, Box<Merged>),
 }
@@ -498,59 +499,65 @@ struct Merged {
     finished: Option<(String, String, String)>,
 }
 
-fn entry_id(entry: &Pending) -> String {
-    match entry {
-        Pending::Insert(task, _) => task.record.msg_id.clone(),
-        Pending::Update(msg_id, _) => msg_id.clone(),
+impl Merged {
+    /// Adds a later change, as the statement for it would have applied it.
+    fn add(&mut self, change: Change) {
+        match change {
+            Change::Started(at) => {
+                self.started.get_or_insert(at);
+            }
+            Change::Error(error) => self.error = Some(error),
+            Change::Result(result) => self.result = Some(result),
+            Change::Assigned(engine) => self.engine = Some(engine),
+            Change::Buffers { kept, size } => self.buffers = Some((kept, size)),
+            Change::Finished {
+                status,
+                completed,
+                received,
+            } => self.finished = Some((status, completed, received)),
+        }
+    }
+
+    /// Applies the changes to a new row; returns the result's buffers, which are not part of
+    /// the record.
+    fn apply_to(self, r: &mut TaskRecord) -> Option<ResultBuffers> {
+        if r.started.is_none() {
+            r.started = self.started;
+        }
+        r.error = self.error.or(r.error.take());
+        r.result = self.result.or(r.result.take());
+        r.engine = self.engine.or(r.engine);
+        if let Some((status, completed, received)) = self.finished {
+            r.status = status;
+            r.completed = Some(completed);
+            r.received = Some(received);
+        }
+        self.buffers
     }
 }
 
 impl Pending {
-    /// Applies a later change, as the statement for it would have.
+    fn msg_id(&self) -> &str {
+        match self {
+            Pending::Insert(task, _) => &task.record.msg_id,
+            Pending::Update(msg_id, _) => msg_id,
+        }
+    }
+
     fn add(&mut self, change: Change) {
         match self {
-            Pending::Insert(task, buffers) => {
-                let r = &mut task.record;
-                match change {
-                    Change::Started(at) => {
-                        r.started.get_or_insert(at);
-                    }
-                    Change::Error(error) => r.error = Some(error),
-                    Change::Result(result) => r.result = Some(result),
-                    Change::Assigned(engine) => r.engine = Some(engine),
-                    Change::Buffers { kept, size } => *buffers = Some((kept, size)),
-                    Change::Finished {
-                        status,
-                        completed,
-                        received,
-                    } => {
-                        r.status = status;
-                        r.completed = Some(completed);
-                        r.received = Some(received);
-                    }
-                }
-            }
-            Pending::Update(_, merged) => match change {
-                Change::Started(at) => {
-                    merged.started.get_or_insert(at);
-                }
-                Change::Error(error) => merged.error = Some(error),
-                Change::Result(result) => merged.result = Some(result),
-                Change::Assigned(engine) => merged.engine = Some(engine),
-                Change::Buffers { kept, size } => merged.buffers = Some((kept, size)),
-                Change::Finished {
-                    status,
-                    completed,
-                    received,
-                } => merged.finished = Some((status, completed, received)),
-            },
+            Pending::Insert(_, merged) | Pending::Update(_, merged) => merged.add(change),
         }
     }
 
     fn write(self, db: &Connection) -> rusqlite::Result<()> {
         match self {
-            Pending::Insert(task, buffers) => {
-                let NewTask { record: r, code } = *task;
+            Pending::Insert(task, merged) => {
+                let NewTask {
+                    record: mut r,
+                    code,
+                } = *task;
+                let buffers = merged.apply_to(&mut r);
                 let (kept, size) = buffers.map_or((None, None), |(kept, size)| (kept, Some(size)));
                 db.prepare_cached(
                     "INSERT OR REPLACE INTO tasks (msg_id, client, engine, msg_type, status,
