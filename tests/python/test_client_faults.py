@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 
-from compat_env import interactive, wait_until
-from kernel_env import STARTUP_TIMEOUT, IsolatedEnv, start_cluster, stop_cluster
+from compat_env import interactive, parallax_cluster, wait_until
 
 pytestmark = pytest.mark.parallax_only
 
 TASKS = 200
-PROFILE = "faults"
 DEADLINE = 60.0
 
 
@@ -36,23 +34,8 @@ def square_slowly(x: int) -> int:
 
 @pytest.fixture
 def rc() -> Iterator[Any]:
-    import parallax
-
-    env = IsolatedEnv()
-    env.apply()
-    try:
-        cluster = start_cluster(env, PROFILE, n=2)
-        client = None
-        try:
-            client = parallax.Client(profile=PROFILE)
-            client.wait_for_engines(2, timeout=STARTUP_TIMEOUT)
-            yield client
-        finally:
-            if client is not None:
-                client.close()
-            stop_cluster(cluster)
-    finally:
-        env.cleanup()
+    with parallax_cluster() as compat:
+        yield compat.rc
 
 
 def parent_of(pid: int) -> int:
