@@ -113,27 +113,29 @@ fn zmq_message(frames: Vec<Bytes>) -> Option<ZmqMessage> {
 /// Decodes received frames (one message, or each message of a pack), counting and logging the
 /// ones that do not decode.
 fn decode(session: &Session, stats: &LinkStats, frames: Vec<Bytes>) -> Vec<Message> {
-    let messages = if pack::is_pack(&frames) {
-        match pack::unpack(frames) {
-            Ok(messages) => messages,
+    if !pack::is_pack(&frames) {
+        return match session.decode(frames) {
+            Ok(message) => vec![message],
             Err(error) => {
                 stats.reject(&error);
-                return Vec::new();
+                Vec::new()
             }
+        };
+    }
+    match pack::unpack(session.signer(), frames) {
+        Ok(messages) => messages
+            .into_iter()
+            .filter_map(|message| {
+                message
+                    .map_err(|error| stats.reject(&format!("in a pack: {error}")))
+                    .ok()
+            })
+            .collect(),
+        Err(error) => {
+            stats.reject(&error);
+            Vec::new()
         }
-    } else {
-        vec![frames]
-    };
-    messages
-        .into_iter()
-        .filter_map(|frames| match session.decode(frames) {
-            Ok(message) => Some(message),
-            Err(error) => {
-                stats.reject(&error);
-                None
-            }
-        })
-        .collect()
+    }
 }
 
 /// Whether a link's socket task packs what it sends.
@@ -404,40 +406,43 @@ fn outgoing(
     messages: impl Iterator<Item = Message>,
     peers: Option<&PackPeers>,
 ) -> Outgoing {
-    fn flush(run: &mut Vec<Vec<Bytes>>, identities: &[Bytes], out: &mut Outgoing) {
+    fn flush(session: &Session, run: &mut Vec<Message>, out: &mut Outgoing) {
         match run.len() {
             0 => {}
-            1 => out.extend(run.pop().map(|frames| ("message", frames))),
-            _ => out.push(("pack", pack::pack(identities, run))),
+            1 => out.extend(
+                run.pop()
+                    .map(|message| ("message", session.encode(&message))),
+            ),
+            _ => out.push((
+                "pack",
+                pack::pack(session.signer(), &run[0].identities, run),
+            )),
         }
         run.clear();
     }
     let mut out = Vec::new();
-    let mut run: Vec<Vec<Bytes>> = Vec::new();
-    let mut run_identities: Vec<Bytes> = Vec::new();
+    let mut run: Vec<Message> = Vec::new();
     let mut run_bytes = 0;
     for message in messages {
-        let frames = session.encode(&message);
-        let size = pack::size(&frames);
+        let size = pack::size(&message);
         let takes_packs = peers.is_some_and(|peers| peers.accepts(&message.identities));
         if !takes_packs || size > PACK_MESSAGE_LIMIT {
-            flush(&mut run, &run_identities, &mut out);
-            out.push(("message", frames));
+            flush(session, &mut run, &mut out);
+            out.push(("message", session.encode(&message)));
             continue;
         }
-        if run.is_empty()
-            || run_identities != message.identities
-            || run.len() == PACK_COUNT_LIMIT
-            || run_bytes >= PACK_BYTES_LIMIT
-        {
-            flush(&mut run, &run_identities, &mut out);
-            run_identities = message.identities;
+        if run.first().is_some_and(|first| {
+            first.identities != message.identities
+                || run.len() == PACK_COUNT_LIMIT
+                || run_bytes >= PACK_BYTES_LIMIT
+        }) {
+            flush(session, &mut run, &mut out);
             run_bytes = 0;
         }
-        run.push(frames);
+        run.push(message);
         run_bytes += size;
     }
-    flush(&mut run, &run_identities, &mut out);
+    flush(session, &mut run, &mut out);
     out
 }
 
@@ -500,7 +505,10 @@ mod tests {
         let many = (0..100).map(|i| to(b"a", i, 40_000));
         let sent = outgoing(&session, many, Some(&peers));
         assert!(sent.len() > 1, "100 × 40 kB is more than one pack");
-        let biggest = sent.iter().map(|(_, frames)| pack::size(frames)).max();
+        let biggest = sent
+            .iter()
+            .map(|(_, frames)| frames.iter().map(Bytes::len).sum::<usize>())
+            .max();
         assert!(biggest.unwrap_or(0) < PACK_BYTES_LIMIT + PACK_MESSAGE_LIMIT + 1024);
         let mut numbers = Vec::new();
         for (_, frames) in sent {
@@ -514,22 +522,23 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_message_in_a_pack_is_dropped_alone() {
+    fn a_bad_pack_is_dropped_and_counted() {
         let session = Session::new(b"key", "test");
         let other = Session::new(b"other key", "test");
-        let encoded = vec![
-            session.encode(&numbered(&session, 0, 1)),
-            other.encode(&numbered(&other, 1, 1)),
-            session.encode(&numbered(&session, 2, 1)),
-        ];
+        let burst: Vec<Message> = (0..3).map(|i| numbered(&session, i, 1)).collect();
         let stats = LinkStats::new("test");
-        let received = decode(&session, &stats, pack::pack(&[], &encoded));
-        assert_eq!(received.iter().map(number).collect::<Vec<_>>(), [0, 2]);
+        let received = decode(&session, &stats, pack::pack(other.signer(), &[], &burst));
+        assert!(
+            received.is_empty(),
+            "a pack signed with another key is dropped"
+        );
         assert_eq!(stats.rejected(), 1);
-        let mut truncated = pack::pack(&[], &encoded);
-        let body = truncated.pop().unwrap_or_default();
-        truncated.push(body.slice(..body.len() - 1));
+        let mut truncated = pack::pack(session.signer(), &[], &burst);
+        truncated.pop();
         assert!(decode(&session, &stats, truncated).is_empty());
+        assert_eq!(stats.rejected(), 2);
+        let whole = decode(&session, &stats, pack::pack(session.signer(), &[], &burst));
+        assert_eq!(whole.iter().map(number).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(stats.rejected(), 2);
     }
 

@@ -1,16 +1,27 @@
-"""The Jupyter wire format as the cluster protocol uses it: signing, framing, parsing.
+"""The Jupyter wire format as the cluster protocol uses it: signing, framing, parsing, packs.
 
 Every link of a cluster (client → controller, engine support → controller) is a DEALER carrying
 messages as the frames
 
     [b"<IDS|MSG>", signature, header, parent_header, metadata, content, *buffers]
 
-where `signature` is the hex HMAC-SHA256 of the four JSON frames under the cluster key. This
-module does no I/O: `Session.serialize` turns a message into frames and `Session.unpack` turns
-received frames back into a `Message`, returning None for anything malformed or badly signed
-(callers drop those). It is written by hand rather than with `jupyter_client.Session` because
-the client and the engine support handle thousands of messages a second: a pre-keyed HMAC is
-copied per message, JSON is dumped compactly, and buffers are never touched.
+where `signature` is the hex HMAC-SHA256 of the four JSON frames under the cluster key. Between
+Parallax's own ends a burst of messages goes as one pack (the controller's `wire::pack`):
+
+    [b"<PX|PACK>", signature, index, *buffers]
+    index = [[header, parent_header, metadata, content, n], ...]    (one JSON array)
+
+where `signature` is the HMAC of the index and each message owns the next `n` buffers. One
+signature and one JSON document per pack is what makes a thousand small tasks cheap: in Python,
+most of a small message's cost is its four `json` calls and its HMAC.
+
+This module does no I/O. `Session.serialize` turns one message into frames, `Session.to_send`
+turns what an IO thread found waiting (drafts and serialised messages) into the ZeroMQ messages to
+send, packed where it can, and `Session.receive` turns what arrived back into `Message`s,
+dropping (and logging) anything malformed or badly signed. It is written by hand rather than with
+`jupyter_client.Session` because the client and the engine support handle thousands of messages a
+second: a pre-keyed HMAC is copied per message, JSON is dumped compactly, and buffers are never
+touched.
 """
 
 from __future__ import annotations
@@ -29,13 +40,25 @@ from typing import Any, Sequence
 log = logging.getLogger("parallax.wire")
 
 DELIMITER = b"<IDS|MSG>"
+PACK_DELIMITER = b"<PX|PACK>"
+PACK_VERSION = 2  # the pack format, as `connect_request` and `attach_request` name it
+PACK_MESSAGE_LIMIT = 64 * 1024  # the largest message (its frames, or a draft's buffers) that is packed
+PACK_COUNT_LIMIT = 512  # the most messages in one pack
+PACK_BYTES_LIMIT = 1 << 20  # a pack is closed once it holds this many bytes
 PROTOCOL_VERSION = "5.3"
 USERNAME = "parallax"
+
+# An outgoing message that is not serialised yet: (header, parent_header, metadata, content,
+# buffers), JSON-ready dicts and a list of buffers. An IO thread serialises drafts together, as
+# one pack, so only messages whose dicts hold plain JSON values (the ones Parallax builds itself)
+# may be drafts; anything else is serialised when it is sent (`Session.serialize`).
+Draft = tuple
 
 # A received frame is bytes (copy=True) or a zmq.Frame (copy=False); both work here.
 Frame = Any
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# NaN and the infinities are not JSON (the controller rejects them), so they are an error here.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _scan = json.JSONDecoder().scan_once
 
 
@@ -133,10 +156,9 @@ def _as_buffer(frame: Frame) -> Any:
 
 
 class Message:
-    """A received message. `parent_raw` keeps the parent header's JSON bytes, so a reply can
-    reuse the request's header frame verbatim as its own parent header."""
+    """A received message."""
 
-    __slots__ = ("header", "parent_header", "metadata", "content", "buffers", "header_raw")
+    __slots__ = ("header", "parent_header", "metadata", "content", "buffers")
 
     def __init__(
         self,
@@ -145,14 +167,12 @@ class Message:
         metadata: dict[str, Any],
         content: dict[str, Any],
         buffers: list[Frame],
-        header_raw: bytes,
     ) -> None:
         self.header = header
         self.parent_header = parent_header
         self.metadata = metadata
         self.content = content
         self.buffers = buffers
-        self.header_raw = header_raw
 
     @property
     def msg_type(self) -> str:
@@ -209,36 +229,111 @@ class Session:
         msg_type: str,
         content: dict[str, Any] | None = None,
         *,
-        parent: dict[str, Any] | bytes | None = None,
+        parent: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         buffers: Sequence[Any] = (),
         header: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[Any]]:
-        """(header, frames) of a new message. `parent` may be the parent header's JSON bytes (as
-        received), which are then used as they are."""
+        """(header, frames) of a new message."""
         header = header or self.header(msg_type)
-        if isinstance(parent, (bytes, bytearray, memoryview)):
-            parent_raw = bytes(parent)
-        else:
-            parent_raw = dumps(parent or {})
         parts = [
             dumps(header),
-            parent_raw,
+            dumps(parent or {}),
             dumps(metadata or {}),
             dumps(content if content is not None else {}),
         ]
         return header, [DELIMITER, self.sign(parts), *parts, *buffers]
 
+    def _frames_of(self, item: Draft | list[Any]) -> list[Any]:
+        """The frames of one outgoing item, sent alone."""
+        if type(item) is not tuple:
+            return item
+        header, parent, metadata, content, buffers = item
+        parts = [dumps(header), dumps(parent), dumps(metadata), dumps(content)]
+        return [DELIMITER, self.sign(parts), *parts, *buffers]
+
+    def to_send(self, items: Sequence[Draft | list[Any]]) -> list[list[Any]]:
+        """The ZeroMQ messages for `items` (drafts, or the frames of serialised messages), in
+        order: runs of small ones go as packs, the others alone. A draft that cannot be
+        serialised is logged and dropped, never the others."""
+        out: list[list[Any]] = []
+        run: list[Draft | list[Any]] = []
+        run_bytes = 0
+        for item in items:
+            size = _size(item)
+            if size > PACK_MESSAGE_LIMIT:
+                if run:
+                    self._flush(run, out)
+                    run, run_bytes = [], 0
+                self._flush([item], out)
+                continue
+            run.append(item)
+            run_bytes += size
+            if len(run) == PACK_COUNT_LIMIT or run_bytes >= PACK_BYTES_LIMIT:
+                self._flush(run, out)
+                run, run_bytes = [], 0
+        if run:
+            self._flush(run, out)
+        return out
+
+    def _flush(self, run: list[Draft | list[Any]], out: list[list[Any]]) -> None:
+        try:
+            out.append(self._frames_of(run[0]) if len(run) == 1 else self._pack(run))
+            return
+        except (TypeError, ValueError):
+            if len(run) == 1:
+                log.exception("could not serialise a message to send; it was dropped")
+                return
+        for item in run:  # find the draft that spoilt the pack; send the others alone
+            self._flush([item], out)
+
+    def _pack(self, run: list[Draft | list[Any]]) -> list[Any]:
+        """One pack of several items."""
+        pieces: list[bytes] = []
+        buffers: list[Any] = []
+        drafts: list[list[Any]] = []
+        for item in run:
+            if type(item) is tuple:
+                header, parent, metadata, content, own = item
+                drafts.append([header, parent, metadata, content, len(own)])
+                buffers.extend(own)
+                continue
+            if drafts:
+                pieces.append(_dumps(drafts)[1:-1].encode())
+                drafts = []
+            pieces.append(b"[%b,%b,%b,%b,%d]" % (item[2], item[3], item[4], item[5], len(item) - 6))
+            buffers.extend(item[6:])
+        if drafts:
+            pieces.append(_dumps(drafts)[1:-1].encode())
+        index = b"[" + b",".join(pieces) + b"]"
+        return [PACK_DELIMITER, self.sign((index,)), index, *buffers]
+
     # -- incoming ---------------------------------------------------------------------------------
 
+    def receive(self, frames: Sequence[Frame]) -> list[Message]:
+        """The messages in received frames (any identity prefix is skipped): one message, or
+        those of a pack. Anything malformed or badly signed is logged and dropped."""
+        for at, frame in enumerate(frames):
+            first = _as_bytes_if_short(frame)
+            if first == DELIMITER:
+                message = self._unpack_at(frames, at)
+                return [] if message is None else [message]
+            if first == PACK_DELIMITER:
+                return self._unpack_pack(frames, at)
+        log.debug("dropped a message without the <IDS|MSG> delimiter (%d frames)", len(frames))
+        return []
+
     def unpack(self, frames: Sequence[Frame]) -> Message | None:
-        """Check and parse received frames (any identity prefix is skipped). Returns None, and
-        logs at debug level, when the message is malformed or its signature is wrong."""
+        """Check and parse one received message (any identity prefix is skipped). Returns None,
+        and logs at debug level, when the message is malformed or its signature is wrong."""
         try:
-            index = next(i for i, f in enumerate(frames) if _as_bytes_if_short(f) == DELIMITER)
+            at = next(i for i, f in enumerate(frames) if _as_bytes_if_short(f) == DELIMITER)
         except StopIteration:
             log.debug("dropped a message without the <IDS|MSG> delimiter (%d frames)", len(frames))
             return None
+        return self._unpack_at(frames, at)
+
+    def _unpack_at(self, frames: Sequence[Frame], index: int) -> Message | None:
         if len(frames) < index + 6:
             log.debug("dropped a message with %d frames after the delimiter", len(frames) - index - 1)
             return None
@@ -256,7 +351,50 @@ class Session:
             log.debug("dropped a message whose JSON frames are not all objects")
             return None
         buffers = [_as_buffer(f) for f in frames[index + 6 :]]
-        return Message(header, parent, metadata, content, buffers, raw[0])
+        return Message(header, parent, metadata, content, buffers)
+
+    def _unpack_pack(self, frames: Sequence[Frame], at: int) -> list[Message]:
+        if len(frames) < at + 3:
+            log.warning("dropped a pack with %d frames after its delimiter", len(frames) - at - 1)
+            return []
+        signature = _as_bytes(frames[at + 1])
+        index = _as_bytes(frames[at + 2])
+        if self._hmac is not None and not hmac.compare_digest(self.sign((index,)), signature):
+            log.warning("dropped a pack with a bad signature")
+            return []
+        try:
+            records = loads(index)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("dropped a pack whose index is not JSON: %s", exc)
+            return []
+        buffers = [_as_buffer(f) for f in frames[at + 3 :]]
+        if not (type(records) is list and all(type(r) is list and len(r) == 5 and type(r[4]) is int
+                                              and r[4] >= 0 for r in records)
+                and sum(r[4] for r in records) == len(buffers)):
+            log.warning("dropped a malformed pack (its index does not match its %d buffers)", len(buffers))
+            return []
+        messages: list[Message] = []
+        used = 0
+        for header, parent, metadata, content, count in records:
+            if type(header) is dict and type(parent) is dict and type(metadata) is dict and type(content) is dict:
+                messages.append(Message(header, parent, metadata, content, buffers[used : used + count]))
+            else:
+                log.debug("dropped a message of a pack whose JSON parts are not all objects")
+            used += count
+        return messages
+
+
+def _size(item: Draft | list[Any]) -> int:
+    """Bytes in an item's frames (a draft's buffers), or more than the pack limit for a frame of
+    unknown size."""
+    frames = item[4] if type(item) is tuple else item
+    total = 0
+    for frame in frames:
+        try:
+            total += len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+        except TypeError:
+            return PACK_MESSAGE_LIMIT + 1
+    return total
 
 
 def _as_bytes_if_short(frame: Frame) -> bytes | None:

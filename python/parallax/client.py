@@ -45,7 +45,7 @@ import zmq
 from . import _shm, error
 from ._shm import pid_alive
 from ._database import TaskDatabase
-from ._wire import Message, Session
+from ._wire import PACK_VERSION, Draft, Message, Session
 from ._zmqio import Outbox, receive_waiting
 from .asyncresult import AsyncResult, Task
 from .view import DirectView, LoadBalancedView
@@ -195,7 +195,7 @@ class Client(TaskDatabase):
         _live_clients.add(self)
 
         try:
-            reply = self._request("connect_request", {"packs": True}, timeout=timeout, what="connect")
+            reply = self._request("connect_request", {"packs": PACK_VERSION}, timeout=timeout, what="connect")
         except TimeoutError:
             self.close()
             raise error.NoClusterError(
@@ -246,10 +246,10 @@ class Client(TaskDatabase):
         try:
             while True:
                 events = dict(poller.poll(_LIVENESS_INTERVAL * 1000))
-                if self._outbox.reader in events and self._outbox.send_waiting(self._dealer):
+                if self._outbox.reader in events and self._outbox.send_waiting(self._dealer, self.session):
                     break
                 if self._dealer in events:
-                    receive_waiting(self._dealer, self._dispatch)
+                    receive_waiting(self._dealer, self.session, self._dispatch)
                 if self._watch_controller and time.monotonic() >= next_check:
                     next_check = time.monotonic() + _LIVENESS_INTERVAL
                     self._check_controller()
@@ -262,10 +262,7 @@ class Client(TaskDatabase):
             self._dealer.close()
             self._outbox.reader.close(linger=0)
 
-    def _dispatch(self, frames: list[Any]) -> None:
-        msg = self.session.unpack(frames)
-        if msg is None:
-            return
+    def _dispatch(self, msg: Message) -> None:
         msg_type = msg.msg_type
         parent_id = msg.parent_id
         if msg_type in ("apply_reply", "execute_reply"):
@@ -424,7 +421,7 @@ class Client(TaskDatabase):
                 targets = ids[targets]
             if targets not in ids:
                 raise IndexError(f"No such engine: {targets} (engines: {', '.join(map(str, ids))})")
-            return [targets]
+            return [int(targets)]
         if isinstance(targets, slice):
             return ids[targets]
         if isinstance(targets, (tuple, list, range, set)):
@@ -488,10 +485,10 @@ class Client(TaskDatabase):
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def _send(self, frames: list[Any]) -> None:
+    def _send(self, item: Draft | list[Any]) -> None:
         if self._closed:
             raise RuntimeError("Client cannot be used after it is closed; create a new Client()")
-        self._outbox.put(frames)
+        self._outbox.put(item)
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -511,9 +508,11 @@ class Client(TaskDatabase):
         label: Any = None,
         header: dict[str, Any] | None = None,
     ) -> Task:
-        """Send an apply_request or execute_request; returns its Task (registered first)."""
+        """Send an apply_request or execute_request; returns its Task (registered first). The
+        request leaves as a draft: its content and metadata are Parallax's own plain JSON."""
         self._check_usable()
-        header, frames = self.session.serialize(msg_type, content, metadata=metadata, buffers=buffers, header=header)
+        header = header or self.session.header(msg_type)
+        draft = (header, {}, metadata or {}, content if content is not None else {}, list(buffers))
         msg_id = header["msg_id"]
         kind = "execute" if msg_type == "execute_request" else "apply"
         task = Task(msg_id, kind, engine_id=engine_id, chunk=chunk, label=label)
@@ -524,7 +523,7 @@ class Client(TaskDatabase):
         self.outstanding.add(msg_id)
         self.history.append(msg_id)
         try:
-            self._send(frames)
+            self._send(draft)
         except BaseException:
             self._pending.pop(msg_id, None)
             self.outstanding.discard(msg_id)

@@ -52,8 +52,8 @@ import zmq
 from ._cell import run_cell
 from . import _shm
 from ._remote import _shell
-from ._wire import Message, Session, iso_now
-from ._zmqio import Outbox, receive_waiting, send_frames, unpacked
+from ._wire import PACK_VERSION, Message, Session, iso_now
+from ._zmqio import Outbox, receive_waiting, send_frames
 from .serialize import deserialize_call, serialize_result
 
 log = logging.getLogger("parallax.engine")
@@ -65,6 +65,7 @@ STREAM_FLUSH_INTERVAL = 0.2  # seconds: a task's output is sent at least this of
 STREAM_FLUSH_SIZE = 64 * 1024  # characters buffered before output is sent anyway
 PARTIAL_LINE_WAIT = 0.5  # seconds a running cell's unfinished line waits for its newline
 _SIGINT = int(signal.SIGINT)
+_OK = {"status": "ok"}  # the content of every successful apply_reply (never changed)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 _support: EngineSupport | None = None
@@ -254,7 +255,7 @@ class EngineSupport:
     # -- attaching (main thread, before the IO thread exists) ---------------------------------------
 
     def attach(self, timeout: float) -> None:
-        header, frames = self.session.serialize("attach_request", {"uuid": self.uuid, "packs": True})
+        header, frames = self.session.serialize("attach_request", {"uuid": self.uuid, "packs": PACK_VERSION})
         self.dealer.send_multipart(frames)
         deadline = time.monotonic() + timeout
         while True:
@@ -263,9 +264,9 @@ class EngineSupport:
                 raise TimeoutError(
                     f"the controller at {self.url} did not answer this engine's attach_request within {timeout} s"
                 )
-            replies = [self.session.unpack(frames) for frames in unpacked(self.dealer.recv_multipart())]
-            reply = next((r for r in replies if r is not None and r.msg_type == "attach_reply"
-                          and r.parent_id == header["msg_id"]), None)
+            replies = self.session.receive(self.dealer.recv_multipart())
+            reply = next((r for r in replies if r.msg_type == "attach_reply" and r.parent_id == header["msg_id"]),
+                         None)
             if reply is None:
                 continue
             if reply.content.get("status") != "ok":
@@ -286,10 +287,10 @@ class EngineSupport:
         try:
             while True:
                 events = dict(poller.poll(sweep_ms if self.unclaimed else None))
-                if self.outbox.reader in events and self.outbox.send_waiting(self.dealer):
+                if self.outbox.reader in events and self.outbox.send_waiting(self.dealer, self.session):
                     return
                 if self.dealer in events:
-                    receive_waiting(self.dealer, self._on_message)
+                    receive_waiting(self.dealer, self.session, self._on_message)
                 if self.unclaimed and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + _shm.Unclaimed.SWEEP_INTERVAL
                     self.unclaimed.sweep()
@@ -301,10 +302,7 @@ class EngineSupport:
             self.dealer.close()
             self.outbox.reader.close(linger=0)
 
-    def _on_message(self, frames: list[Any]) -> None:
-        msg = self.session.unpack(frames)
-        if msg is None:
-            return
+    def _on_message(self, msg: Message) -> None:
         msg_type = msg.msg_type
         if msg_type in ("apply_request", "execute_request"):
             try:
@@ -341,15 +339,21 @@ class EngineSupport:
     def _send_now(self, msg_type: str, content: dict[str, Any], parent: Message,
                   metadata: dict[str, Any] | None = None) -> None:
         """Send from the IO thread itself."""
-        _header, frames = self.session.serialize(msg_type, content, parent=parent.header_raw, metadata=metadata)
+        _header, frames = self.session.serialize(msg_type, content, parent=parent.header, metadata=metadata)
         send_frames(self.dealer, frames)
 
     # -- the main thread ---------------------------------------------------------------------------
 
     def send_to_controller(self, msg_type: str, content: dict[str, Any], parent: Message,
-                           metadata: dict[str, Any] | None = None, buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
-        """Send from the main thread (through the IO thread)."""
-        _header, frames = self.session.serialize(msg_type, content, parent=parent.header_raw,
+                           metadata: dict[str, Any] | None = None, buffers: list[Any] = (),  # type: ignore[assignment]
+                           draft: bool = False) -> None:
+        """Send from the main thread (through the IO thread). With `draft`, the IO thread
+        serialises the message (with others, as a pack): only for content and metadata that are
+        Parallax's own plain JSON, never text from user code, which may not encode."""
+        if draft:
+            self.outbox.put((self.session.header(msg_type), parent.header, metadata or {}, content, list(buffers)))
+            return
+        _header, frames = self.session.serialize(msg_type, content, parent=parent.header,
                                                  metadata=metadata, buffers=buffers)
         self.outbox.put(frames)
 
@@ -396,7 +400,7 @@ class EngineSupport:
             f, args, kwargs = deserialize_call(request.buffers, self._namespace())
             result = f(*args, **kwargs)
             buffers, segments = self._result_buffers(result, request)
-            content: dict[str, Any] = {"status": "ok"}
+            content: dict[str, Any] = _OK
         except BaseException as exc:
             content = error_content(exc)
             buffers = []
@@ -410,7 +414,7 @@ class EngineSupport:
             metadata = {"status": content["status"], "started": started, "completed": iso_now()}
             if "shm" in request.metadata:  # answers the client's offer
                 metadata["shm"] = self.reply_shm
-            self.send_to_controller("apply_reply", content, request, metadata, buffers)
+            self.send_to_controller("apply_reply", content, request, metadata, buffers, draft=content is _OK)
         except Exception as exc:  # e.g. a result zmq cannot send: still answer
             log.exception("could not send the reply to %s", request.msg_id)
             self.unclaimed.discard(segments)

@@ -17,6 +17,7 @@ import builtins
 import collections
 import concurrent.futures
 import inspect
+import math
 import queue
 import warnings
 from contextlib import contextmanager
@@ -407,7 +408,8 @@ class LoadBalancedView(View):
         retries = self.retries if retries is None else retries
         timeout = self.timeout if timeout is None else timeout
         ids = None if targets is None else self.client._build_targets(targets)
-        return {"balanced": True, "targets": ids, "retries": int(retries), "timeout": float(timeout) if timeout else None}
+        timeout = float(timeout) if timeout and math.isfinite(timeout) else None  # inf: no timeout
+        return {"balanced": True, "targets": ids, "retries": int(retries), "timeout": timeout}
 
     def _really_apply(self, f: Callable[..., Any], args: tuple = (), kwargs: dict | None = None,
                       block: bool | None = None, track: bool | None = None, after: Any = None,

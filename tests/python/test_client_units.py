@@ -17,6 +17,8 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import contextlib
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -35,8 +37,9 @@ import zmq
 import parallax
 import parallax as ipp
 from parallax import _partition, error
-from parallax._wire import DELIMITER, Session, iso_now, parse_date
-from parallax._zmqio import Outbox, PACK_BYTES_LIMIT, PACK_DELIMITER, PACK_MESSAGE_LIMIT, pack_messages, unpacked
+from parallax._wire import (DELIMITER, PACK_BYTES_LIMIT, PACK_COUNT_LIMIT, PACK_DELIMITER, PACK_MESSAGE_LIMIT,
+                            Session, iso_now, parse_date)
+from parallax._zmqio import Outbox
 from parallax.asyncresult import AsyncMapResult, AsyncResult, Task
 from parallax.engine import error_content
 from parallax.serialize import (
@@ -108,37 +111,80 @@ def test_bad_signature_and_malformed_frames_are_dropped() -> None:
     assert session.unpack([b"identity", *frames]) is not None
 
 
-def test_replies_reuse_the_request_header_as_parent() -> None:
+def test_replies_carry_the_request_header_as_parent() -> None:
     session = Session("k")
     request_header, frames = session.serialize("apply_request", {})
     request = session.unpack(frames)
     assert request is not None
-    _, reply_frames = session.serialize("apply_reply", {"status": "ok"}, parent=request.header_raw)
+    _, reply_frames = session.serialize("apply_reply", {"status": "ok"}, parent=request.header)
     reply = session.unpack(reply_frames)
     assert reply is not None and reply.parent_header == request_header
 
 
-def test_small_messages_are_packed_in_order_and_large_ones_go_alone(caplog: pytest.LogCaptureFixture) -> None:
+def _draft(session: Session, i: int, buffers: list[Any]) -> tuple:
+    return (session.header("apply_request"), {}, {"i": i}, {"n": i, "text": "é \" ]"}, buffers)
+
+
+def test_small_messages_are_packed_in_order_and_large_ones_go_alone() -> None:
     session = Session("key")
-    small = [session.serialize("apply_request", {"i": i}, buffers=[b"x" * i])[1] for i in range(3)]
-    large = session.serialize("apply_request", {"big": True}, buffers=[np.zeros(20_000)])[1]
-    sent = pack_messages([small[0], small[1], large, small[2]])
-    assert len(sent) == 3, "two packed, the large one alone, the last small one alone"
-    assert sent[0][0] == PACK_DELIMITER and sent[1] is large and sent[2] is small[2]
-    assert unpacked([b"peer", *sent[0]]) == [[b"peer", *frames] for frames in small[:2]]
-    assert [session.unpack(frames).content for frames in unpacked(sent[0])] == [{"i": 0}, {"i": 1}]
-    assert unpacked(small[2]) == [small[2]], "a message that is not a pack is itself"
+    small = [_draft(session, i, [b"x" * i]) for i in range(3)]
+    serialised = session.serialize("apply_request", {"n": 3}, metadata={"i": 3}, buffers=[b"s"])[1]
+    large = _draft(session, 4, [np.zeros(20_000)])
+    sent = session.to_send([small[0], small[1], serialised, large, small[2]])
+    assert len(sent) == 3, "three packed (drafts and a serialised message), the large one alone, the last alone"
+    assert sent[0][0] == PACK_DELIMITER and sent[1][0] == DELIMITER and sent[2][0] == DELIMITER
+    # One signature covers the index, which holds every message of the pack.
+    pack = sent[0]
+    expected = hmac.new(b"key", pack[2], hashlib.sha256).hexdigest().encode()
+    assert pack[1] == expected and len(json.loads(pack[2])) == 3
+    arrived = session.receive([b"peer", *pack])
+    assert [m.content["n"] for m in arrived] == [0, 1, 3]
+    assert [m.metadata["i"] for m in arrived] == [0, 1, 3]
+    assert [[bytes(b) for b in m.buffers] for m in arrived] == [[b""], [b"x"], [b"s"]]
+    assert arrived[0].header == small[0][0] and arrived[0].content["text"] == "é \" ]"
+    (alone,) = session.receive(sent[2])
+    assert alone.content["n"] == 2, "a message that is not a pack is itself"
+    assert session.receive(sent[1])[0].buffers[0].nbytes == 160_000
     # A long burst is cut into packs of about PACK_BYTES_LIMIT.
-    burst = [session.serialize("apply_request", {"i": i}, buffers=[b"y" * 40_000])[1] for i in range(100)]
-    packs = pack_messages(burst)
-    assert 1 < len(packs) < 10 and all(len(p[1]) < PACK_BYTES_LIMIT + PACK_MESSAGE_LIMIT for p in packs)
-    arrived = [session.unpack(frames).content["i"] for p in packs for frames in unpacked(p)]
-    assert arrived == list(range(100))
-    # A pack cut short yields the messages before the damage, and a warning.
-    body = sent[0][1]
+    burst = [_draft(session, i, [b"y" * 40_000]) for i in range(100)]
+    packs = session.to_send(burst)
+    assert 1 < len(packs) < 10
+    assert all(sum(len(f) for f in p[3:]) < PACK_BYTES_LIMIT + PACK_MESSAGE_LIMIT for p in packs)
+    assert [m.content["n"] for p in packs for m in session.receive(p)] == list(range(100))
+    assert len(session.to_send(small[:1] * (PACK_COUNT_LIMIT + 1))) == 2, "at most PACK_COUNT_LIMIT to a pack"
+
+
+def test_bad_packs_are_dropped_whole_and_bad_records_alone(caplog: pytest.LogCaptureFixture) -> None:
+    session = Session("key")
+    pack = session.to_send([_draft(session, i, [b"z"]) for i in range(3)])[0]
     with caplog.at_level("WARNING", logger="parallax"):
-        assert len(unpacked([PACK_DELIMITER, body[:-3]])) == 1
-    assert "malformed pack" in caplog.text
+        assert Session("other key").receive(pack) == [], "signed with another key"
+        assert session.receive(pack[:-1]) == [], "a buffer short"
+        assert session.receive(pack[:2]) == [], "no index"
+        tampered = [*pack[:2], pack[2].replace(b'"n":1', b'"n":7'), *pack[3:]]
+        assert session.receive(tampered) == []
+    assert "bad signature" in caplog.text and "malformed pack" in caplog.text
+
+    def signed(index: bytes, buffers: int = 0) -> list[Any]:
+        return [PACK_DELIMITER, session.sign((index,)), index, *[b"b"] * buffers]
+
+    for index in (b"{}", b"[[{}]]", b"[[{},{},{},{},-1]]", b"[1]", b"[", b"[[{},{},{},{},true]]"):
+        assert session.receive(signed(index)) == [], index
+    header = json.dumps({"msg_id": "a", "msg_type": "t"}).encode()
+    mixed = b"[[%b,{},{},{},1],[[],{},{},{},1],[%b,{},{},{},1]]" % (header, header)
+    arrived = session.receive(signed(mixed, 3))
+    assert len(arrived) == 2 and all(m.msg_id == "a" and m.buffers == [b"b"] for m in arrived)
+    assert session.receive(signed(b"[]")) == []
+
+
+def test_a_draft_that_cannot_be_serialised_is_dropped_alone(caplog: pytest.LogCaptureFixture) -> None:
+    session = Session("key")
+    drafts = [_draft(session, i, []) for i in range(3)]
+    drafts[1][3]["bad"] = float("nan")  # not JSON
+    with caplog.at_level("ERROR", logger="parallax"):
+        sent = session.to_send(drafts)
+    assert [m.content["n"] for frames in sent for m in session.receive(frames)] == [0, 2]
+    assert "could not serialise" in caplog.text
 
 
 def test_an_interrupted_put_does_not_silence_the_outbox() -> None:
@@ -634,11 +680,10 @@ class FakeController:
                 done.set()
             if self.router.poll(20):
                 # A client packs what it sends in a burst, as it does to the real controller.
-                for frames in unpacked(self.router.recv_multipart()):
-                    index = frames.index(DELIMITER)
-                    msg = self.session.unpack(frames)
-                    if msg is not None:
-                        self._handle(frames[:index], msg)
+                frames = self.router.recv_multipart()
+                identity = frames[:1]
+                for msg in self.session.receive(frames):
+                    self._handle(identity, msg)
 
     def _command(self, command: str, arg: Any) -> None:
         if command == "add":
@@ -661,7 +706,7 @@ class FakeController:
 
     def _send(self, identity: list[bytes], msg_type: str, content: dict[str, Any], parent: Any,
               metadata: dict[str, Any] | None = None, buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
-        _, frames = self.session.serialize(msg_type, content, parent=parent.header_raw, metadata=metadata, buffers=buffers)
+        _, frames = self.session.serialize(msg_type, content, parent=parent.header, metadata=metadata, buffers=buffers)
         self.router.send_multipart([*identity, *frames])
 
     def _live(self) -> list[int]:

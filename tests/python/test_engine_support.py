@@ -23,8 +23,8 @@ from jupyter_client.manager import KernelManager
 
 from kernel_env import describe, kernel_pid, process_tree, wait_gone
 from parallax import _remote
-from parallax._wire import DELIMITER, Message, Session
-from parallax._zmqio import PACK_DELIMITER, pack_messages, unpacked
+from parallax._wire import DELIMITER, PACK_DELIMITER, PACK_VERSION, Message, Session
+
 from parallax.serialize import deserialize_result, serialize_call
 
 REPLY_TIMEOUT = 30.0
@@ -52,7 +52,7 @@ class Controller:
         self.url = f"tcp://127.0.0.1:{port}"
         self.identity: bytes | None = None
         self.inbox: list[Message] = []
-        self.arrived: list[list[Any]] = []  # messages of a pack, not yet received
+        self.arrived: list[Message] = []  # messages of a pack, not yet handed out
         self.packs_received = 0
 
     def close(self) -> None:
@@ -66,22 +66,20 @@ class Controller:
             if left <= 0 or not self.router.poll(int(left * 1000)):
                 raise TimeoutError(f"nothing from the engine support within {timeout} s")
             frames = self.router.recv_multipart(copy=False)
-            if len(frames) >= 2 and frames[-2].bytes == PACK_DELIMITER:  # a burst, packed
-                frames = [frame.bytes for frame in frames]
+            if frames[1].bytes == PACK_DELIMITER:  # a burst, packed
                 self.packs_received += 1
-            self.arrived.extend(unpacked(frames))
-        frames = self.arrived.pop(0)
-        msg = self.session.unpack(frames)
-        if msg is None:
-            raise AssertionError("the support sent a message that does not verify")
-        self.identity = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
-        return msg
+            messages = self.session.receive(frames)
+            if not messages:
+                raise AssertionError("the support sent a message that does not verify")
+            self.identity = frames[0].bytes
+            self.arrived.extend(messages)
+        return self.arrived.pop(0)
 
     def send(self, msg_type: str, content: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
              buffers: list[Any] = (), parent: Message | None = None) -> str:  # type: ignore[assignment]
         assert self.identity is not None, "the support has not attached"
         header, frames = self.session.serialize(msg_type, content or {}, metadata=metadata, buffers=buffers,
-                                                parent=parent.header_raw if parent else None)
+                                                parent=parent.header if parent else None)
         self.router.send_multipart([self.identity, *frames], copy=False)
         return header["msg_id"]
 
@@ -169,7 +167,7 @@ def controller(kernel: tuple[KernelManager, Any]) -> Iterator[Controller]:
         msg_id = kc.execute(code, silent=True)
         attach = side.receive(timeout=60)
         assert attach.msg_type == "attach_request"
-        assert attach.content == {"uuid": ENGINE_UUID, "packs": True}
+        assert attach.content == {"uuid": ENGINE_UUID, "packs": PACK_VERSION}
         side.send("attach_reply", {"status": "ok"}, parent=attach)
         reply = kc.get_shell_msg(timeout=REPLY_TIMEOUT)
         assert reply["parent_header"]["msg_id"] == msg_id
@@ -246,17 +244,14 @@ def test_a_pack_of_tasks_runs_one_by_one_each_with_its_own_output_and_timing(con
     """A burst packed into one message, as the controller sends queued tasks: each task runs on
     its own and gets its own stdout and reply; replies come back packed, in order."""
     shout = interactive_function("def shout(i):\n    print('task', i)\n    return i * i\n", "shout")
-    requests = []
-    for i in range(50):
-        header, frames = controller.session.serialize("apply_request", {}, metadata={"engine": 0},
-                                                      buffers=serialize_call(shout, (i,)))
-        requests.append((header["msg_id"], frames))
-    [pack] = pack_messages([frames for _msg_id, frames in requests])
+    session = controller.session
+    requests = [(session.header("apply_request"), {}, {"engine": 0}, {}, serialize_call(shout, (i,))) for i in range(50)]
+    [pack] = session.to_send(requests)
     assert pack[0] == PACK_DELIMITER, "50 small requests make one pack"
     controller.router.send_multipart([controller.identity, *pack])
     packs_before = controller.packs_received
     replies = []
-    for i, (msg_id, _frames) in enumerate(requests):
+    for i, msg_id in enumerate(request[0]["msg_id"] for request in requests):
         streams, reply = controller.outcome(msg_id)
         assert "".join(m.content["text"] for m in streams) == f"task {i}\n"
         assert deserialize_result(reply.buffers) == i * i

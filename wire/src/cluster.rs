@@ -28,7 +28,7 @@
 //!
 //! | from | msg_type | content |
 //! | --- | --- | --- |
-//! | support | `attach_request` | [`AttachRequest`]: the engine's uuid, whether it takes packs; answered `attach_reply` `{status}` |
+//! | support | `attach_request` | [`AttachRequest`]: the engine's uuid, the pack format it reads; answered `attach_reply` `{status}` |
 //! | controller | `apply_request` | the client's request as sent (header, metadata, buffers) |
 //! | support | `stream` | `{name, text}`: what the task printed, parented to the request |
 //! | support | `apply_reply` | metadata `{status, started, completed}`; buffers: the pickled result |
@@ -185,17 +185,47 @@ pub struct ApplyRouting {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct AttachRequest {
     pub uuid: String,
-    /// The support unpacks packs ([`crate::pack`]), so bursts may be sent to it packed.
-    #[serde(default)]
-    pub packs: bool,
+    /// The pack format the support reads and sends ([`crate::pack::PACK_VERSION`]); 0 when it
+    /// takes plain messages only.
+    #[serde(default, deserialize_with = "pack_format")]
+    pub packs: u32,
 }
 
 /// `connect_request`: a client that wants notifications.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectRequest {
-    /// The client unpacks packs ([`crate::pack`]), so bursts may be sent to it packed.
-    #[serde(default)]
-    pub packs: bool,
+    /// The pack format the client reads and sends ([`crate::pack::PACK_VERSION`]); 0 when it
+    /// takes plain messages only.
+    #[serde(default, deserialize_with = "pack_format")]
+    pub packs: u32,
+}
+
+/// Why a peer (`who`: "client", "engine support") that names pack format `packs` cannot be
+/// served, if it cannot: it reads and sends packs of another format, so the package it runs and
+/// the controller are from different versions of Parallax.
+pub fn pack_format_mismatch(who: &str, packs: u32) -> Option<String> {
+    let ours = crate::pack::PACK_VERSION;
+    (packs != 0 && packs != ours).then(|| {
+        format!(
+            "this {who} speaks pack format {packs} and the controller format {ours}: the parallax \
+             Python package and the parallax binary are from different versions; install both \
+             from the same release"
+        )
+    })
+}
+
+/// A pack format: a number, or `true` from peers of the first format (which named no number).
+fn pack_format<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Format {
+        Named(u32),
+        First(bool),
+    }
+    Ok(match Format::deserialize(deserializer)? {
+        Format::Named(version) => version,
+        Format::First(packs) => u32::from(packs),
+    })
 }
 
 /// `abort_request`: tasks to drop if they have not started.
@@ -334,6 +364,30 @@ pub fn died_while_running(id: EngineId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_formats_are_numbers_and_older_peers_are_named() {
+        let format = |json: &str| serde_json::from_str::<ConnectRequest>(json).map(|r| r.packs);
+        assert_eq!(format("{}").ok(), Some(0), "a plain client");
+        assert_eq!(format(r#"{"packs":false}"#).ok(), Some(0));
+        assert_eq!(
+            format(r#"{"packs":true}"#).ok(),
+            Some(1),
+            "the first format"
+        );
+        assert_eq!(format(r#"{"packs":2}"#).ok(), Some(2));
+        assert!(format(r#"{"packs":"yes"}"#).is_err());
+        assert_eq!(pack_format_mismatch("client", 0), None);
+        assert_eq!(
+            pack_format_mismatch("client", crate::pack::PACK_VERSION),
+            None
+        );
+        let reason = pack_format_mismatch("client", 1).unwrap_or_default();
+        assert!(
+            reason.contains("this client speaks pack format 1"),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn states_serialise_lowercase() {

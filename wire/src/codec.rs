@@ -159,17 +159,24 @@ impl Session {
             }
         }
 
-        let header: Header = parse(Part::Header, &header_raw)?;
-        let parent = parse_parent(&parent_raw)?;
-        check_object(Part::Metadata, &metadata)?;
-        check_object(Part::Content, &content)?;
-
-        let mut message =
-            Message::from_parts(header, header_raw, parent, parent_raw, metadata, content);
+        let mut message = assemble([header_raw, parent_raw, metadata, content])?;
         message.identities = identities;
         message.buffers = buffers;
         Ok(message)
     }
+}
+
+/// A message of four verified JSON frames (header, parent header, metadata, content), once each
+/// has the right shape; no identities, no buffers.
+pub(crate) fn assemble(parts: [Bytes; 4]) -> Result<Message, DecodeError> {
+    let [header_raw, parent_raw, metadata, content] = parts;
+    let header: Header = parse(Part::Header, &header_raw)?;
+    let parent = parse_parent(&parent_raw)?;
+    check_object(Part::Metadata, &metadata)?;
+    check_object(Part::Content, &content)?;
+    Ok(Message::from_parts(
+        header, header_raw, parent, parent_raw, metadata, content,
+    ))
 }
 
 fn classify(part: Part, error: serde_json::Error) -> DecodeError {

@@ -1,27 +1,41 @@
-//! Packs: several small messages for one peer in one ZeroMQ frame.
+//! Packs: a burst of messages for one peer as one signed ZeroMQ message.
 //!
 //! Between Parallax's own ends (client ↔ controller ↔ engine support) a burst of small messages
 //! to the same peer (a thousand submitted tasks, their replies) goes as one multipart message:
 //!
 //! ```text
-//! [identity ...] "<PX|PACK>" body
-//! body = message*      message = u32 frame-count, frame*      frame = u32 length, bytes
+//! [identity ...] "<PX|PACK>" signature index buffer*
+//! index     = [record, ...]                  (one JSON array)
+//! record    = [header, parent_header, metadata, content, n]
+//! signature = hex HMAC-SHA256 of the index under the link's key (empty on an unsigned link)
 //! ```
 //!
-//! Integers are little-endian. Each packed message is a whole signed Jupyter message after its
-//! delimiter (signature, the four JSON frames, buffers), so every one is verified on its own;
-//! the routing identities are the outer message's. Only messages that are small in all (at most
-//! [`PACK_MESSAGE_LIMIT`] bytes) are packed, at most [`PACK_COUNT_LIMIT`] of them or about
-//! [`PACK_BYTES_LIMIT`] bytes to a pack: large buffers travel as frames of their own, without a
-//! copy. A pack is never sent to a peer that is not Parallax (a kernel): the sender decides per
-//! link, and every receiver in Parallax unpacks.
+//! Each record holds one message's four JSON objects as they would have been sent alone, and `n`,
+//! how many of the buffers that follow the index are its own (buffers come in message order).
+//! One signature covers every message of the pack, as a message's signature covers its four
+//! frames; buffers are not signed, as in Jupyter. A sender then signs once and a receiver parses
+//! and verifies once per pack instead of once per message, which is most of what a small message
+//! costs in Python.
+//!
+//! A pack whose signature, index or buffer count is wrong is dropped whole; a record whose parts
+//! have the wrong shape (a header without `msg_id`, say) is dropped alone. Only messages that are
+//! small in all (at most [`PACK_MESSAGE_LIMIT`] bytes) are packed, at most [`PACK_COUNT_LIMIT`]
+//! of them or about [`PACK_BYTES_LIMIT`] bytes to a pack. A pack is only ever sent to a peer that
+//! said it reads this format ([`PACK_VERSION`]); any other peer (a kernel, a notebook front end)
+//! gets plain Jupyter messages.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::value::RawValue;
 
-use crate::codec::DELIMITER;
+use crate::codec::{assemble, DecodeError, DELIMITER};
+use crate::message::Message;
+use crate::sign::Signer;
 
-/// The frame that separates routing identities from a pack's body.
+/// The frame that separates routing identities from a pack.
 pub const PACK_DELIMITER: &[u8] = b"<PX|PACK>";
+/// The format of packs described here: a peer that sends `"packs": PACK_VERSION` in its
+/// `connect_request` or `attach_request` reads (and sends) them.
+pub const PACK_VERSION: u32 = 2;
 /// The largest message (all its frames together) that is packed.
 pub const PACK_MESSAGE_LIMIT: usize = 64 * 1024;
 /// The most messages in one pack.
@@ -29,84 +43,131 @@ pub const PACK_COUNT_LIMIT: usize = 512;
 /// A pack is closed once it holds this many bytes.
 pub const PACK_BYTES_LIMIT: usize = 1 << 20;
 
-/// Why a pack's body could not be split into messages.
+/// Why a pack could not be read at all.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("malformed pack: {0}")]
-pub struct PackError(&'static str);
+pub enum PackError {
+    #[error("malformed pack: {0}")]
+    Malformed(String),
+    #[error("pack with a bad signature")]
+    BadSignature,
+}
 
-/// Whether `frames` (identities, delimiter, ...) is a pack.
+/// Whether `frames` (identities, then a delimiter) is a pack rather than a single message.
 pub fn is_pack(frames: &[Bytes]) -> bool {
-    frames.len() >= 2 && frames[frames.len() - 2].as_ref() == PACK_DELIMITER
-}
-
-/// The bytes of an encoded message's frames.
-pub fn size(frames: &[Bytes]) -> usize {
-    frames.iter().map(Bytes::len).sum()
-}
-
-/// Packs encoded messages that share `identities` (each: the identities, the delimiter, then
-/// the rest) into one pack.
-pub fn pack(identities: &[Bytes], messages: &[Vec<Bytes>]) -> Vec<Bytes> {
-    let skip = identities.len() + 1;
-    let size: usize = messages
+    frames
         .iter()
-        .map(|frames| 4 + frames[skip..].iter().map(|f| 4 + f.len()).sum::<usize>())
+        .find(|frame| frame.as_ref() == PACK_DELIMITER || frame.as_ref() == DELIMITER)
+        .is_some_and(|frame| frame.as_ref() == PACK_DELIMITER)
+}
+
+/// The bytes a message takes on the wire, JSON frames and buffers.
+pub fn size(message: &Message) -> usize {
+    message.header_raw().len()
+        + message.parent_raw().len()
+        + message.metadata.len()
+        + message.content.len()
+        + message.buffers.iter().map(Bytes::len).sum::<usize>()
+}
+
+/// One pack of `messages` for the peer at `identities`, signed by `signer`.
+pub fn pack(signer: &Signer, identities: &[Bytes], messages: &[Message]) -> Vec<Bytes> {
+    let json: usize = messages
+        .iter()
+        .map(|m| {
+            m.header_raw().len() + m.parent_raw().len() + m.metadata.len() + m.content.len() + 16
+        })
         .sum();
-    let mut body = BytesMut::with_capacity(size);
-    for frames in messages {
-        let rest = &frames[skip.min(frames.len())..];
-        body.put_u32_le(rest.len() as u32);
-        for frame in rest {
-            body.put_u32_le(frame.len() as u32);
-            body.put_slice(frame);
+    let mut index = BytesMut::with_capacity(json + 2);
+    index.put_u8(b'[');
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            index.put_u8(b',');
         }
+        index.put_u8(b'[');
+        for part in [
+            message.header_raw(),
+            message.parent_raw(),
+            &message.metadata,
+            &message.content,
+        ] {
+            // Every part is a JSON object (decoded and checked, or serialised by us); an empty
+            // one stands for `{}` so that one bad part cannot spoil the whole index.
+            index.put_slice(if part.is_empty() { b"{}" } else { part });
+            index.put_u8(b',');
+        }
+        index.put_slice(message.buffers.len().to_string().as_bytes());
+        index.put_u8(b']');
     }
-    let mut out = Vec::with_capacity(identities.len() + 2);
-    out.extend(identities.iter().cloned());
-    out.push(Bytes::from_static(PACK_DELIMITER));
-    out.push(body.freeze());
-    out
+    index.put_u8(b']');
+    let index = index.freeze();
+    // The MAC of parts fed in order is the MAC of their concatenation: here, the index alone.
+    let signature = signer.sign([&index, b"", b"", b""]);
+    let buffers = messages.iter().map(|m| m.buffers.len()).sum::<usize>();
+    let mut frames = Vec::with_capacity(identities.len() + 3 + buffers);
+    frames.extend(identities.iter().cloned());
+    frames.push(Bytes::from_static(PACK_DELIMITER));
+    frames.push(Bytes::from(signature.into_bytes()));
+    frames.push(index);
+    for message in messages {
+        frames.extend(message.buffers.iter().cloned());
+    }
+    frames
 }
 
-/// Splits a pack (identities, pack delimiter, body) into the frames of each message, as they
-/// would have arrived alone: identities, `<IDS|MSG>`, the rest. Frames share the body's memory.
-pub fn unpack(mut frames: Vec<Bytes>) -> Result<Vec<Vec<Bytes>>, PackError> {
-    if !is_pack(&frames) {
-        return Err(PackError("no <PX|PACK> delimiter before the last frame"));
+/// The messages of a pack (identities, pack delimiter, signature, index, buffers), each routed
+/// from the pack's identities: a message whose parts have the wrong shape is an `Err` of its own.
+pub fn unpack(
+    signer: &Signer,
+    mut frames: Vec<Bytes>,
+) -> Result<Vec<Result<Message, DecodeError>>, PackError> {
+    let at = frames
+        .iter()
+        .position(|frame| frame.as_ref() == PACK_DELIMITER)
+        .ok_or_else(|| PackError::Malformed("no <PX|PACK> delimiter".into()))?;
+    if frames.len() < at + 3 {
+        return Err(PackError::Malformed(format!(
+            "{} frames after the delimiter, at least 2 needed",
+            frames.len() - at - 1
+        )));
     }
-    let body = frames.pop().unwrap_or_default();
-    frames.pop();
+    let mut buffers = frames.split_off(at + 3).into_iter();
+    let index = frames.pop().unwrap_or_default();
+    let signature = frames.pop().unwrap_or_default();
+    frames.truncate(at);
     let identities = frames;
-    let mut messages = Vec::new();
-    let mut at = 0;
-    while at < body.len() {
-        let count = read_u32(&body, &mut at)? as usize;
-        if count > body.len() {
-            return Err(PackError("frame count larger than the pack"));
-        }
-        let mut message = Vec::with_capacity(identities.len() + 1 + count);
-        message.extend(identities.iter().cloned());
-        message.push(Bytes::from_static(DELIMITER));
-        for _ in 0..count {
-            let len = read_u32(&body, &mut at)? as usize;
-            let end = at
-                .checked_add(len)
-                .filter(|&end| end <= body.len())
-                .ok_or(PackError("frame runs past the end of the pack"))?;
-            message.push(body.slice(at..end));
-            at = end;
-        }
-        messages.push(message);
+    if signer.is_signed() && !signer.verify(&signature, [&index, b"", b"", b""]) {
+        return Err(PackError::BadSignature);
     }
-    Ok(messages)
-}
-
-fn read_u32(body: &Bytes, at: &mut usize) -> Result<u32, PackError> {
-    let bytes = body
-        .get(*at..*at + 4)
-        .ok_or(PackError("truncated length"))?;
-    *at += 4;
-    Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    type Record<'a> = (
+        &'a RawValue,
+        &'a RawValue,
+        &'a RawValue,
+        &'a RawValue,
+        usize,
+    );
+    let records: Vec<Record<'_>> = serde_json::from_slice(&index)
+        .map_err(|error| PackError::Malformed(format!("index: {error}")))?;
+    let wanted: usize = records.iter().map(|record| record.4).sum();
+    if wanted != buffers.len() {
+        return Err(PackError::Malformed(format!(
+            "the index names {wanted} buffers, {} follow it",
+            buffers.len()
+        )));
+    }
+    Ok(records
+        .into_iter()
+        .map(|(header, parent, metadata, content, n)| {
+            let part = |raw: &RawValue| index.slice_ref(raw.get().as_bytes());
+            let own: Vec<Bytes> = buffers.by_ref().take(n).collect();
+            assemble([part(header), part(parent), part(metadata), part(content)]).map(
+                |mut message| {
+                    message.identities = identities.clone();
+                    message.buffers = own;
+                    message
+                },
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -115,54 +176,125 @@ mod tests {
     use crate::Session;
     use serde_json::json;
 
+    fn numbered(session: &Session, i: usize) -> Message {
+        session
+            .message("apply_request", &json!({"i": i, "text": "é \" ]"}))
+            .with_metadata(&json!({"targets": [i]}))
+            .with_buffers(vec![Bytes::from(vec![i as u8; i * 10]); i % 3])
+    }
+
     #[test]
     fn packed_messages_come_back_whole_and_verified() {
         let session = Session::new(b"key", "test");
         let identity = vec![Bytes::from_static(b"peer")];
-        let encoded: Vec<Vec<Bytes>> = (0..3)
+        let parent = session.message("execute_request", &json!({}));
+        let messages: Vec<Message> = (0..5)
             .map(|i| {
-                let mut message = session
-                    .message("apply_request", &json!({"i": i}))
-                    .with_buffers(vec![Bytes::from(vec![i as u8; i * 10])]);
-                message.identities = identity.clone();
-                session.encode(&message)
+                let mut message = numbered(&session, i);
+                message.set_parent(&parent);
+                message
             })
             .collect();
-        let packed = pack(&identity, &encoded);
+        let packed = pack(session.signer(), &identity, &messages);
         assert!(is_pack(&packed));
-        let unpacked = unpack(packed).expect("a well-formed pack");
-        assert_eq!(unpacked, encoded);
-        for (frames, i) in unpacked.into_iter().zip(0..) {
-            let message = session.decode(frames).expect("a verified message");
-            assert_eq!(message.identities, identity);
-            let content: serde_json::Value = message.content_as().expect("JSON content");
-            assert_eq!(content["i"], i);
-            assert_eq!(message.buffers[0].len(), i as usize * 10);
+        let unpacked = unpack(session.signer(), packed).expect("a well-formed pack");
+        assert_eq!(unpacked.len(), messages.len());
+        for (got, sent) in unpacked.into_iter().zip(&messages) {
+            let got = got.expect("each message is whole");
+            assert_eq!(got.identities, identity);
+            assert_eq!(got.header(), sent.header());
+            assert_eq!(got.parent_msg_id(), Some(parent.msg_id()));
+            assert_eq!(got.header_raw(), sent.header_raw());
+            assert_eq!(got.parent_raw(), sent.parent_raw());
+            assert_eq!(got.metadata, sent.metadata);
+            assert_eq!(got.content, sent.content);
+            assert_eq!(got.buffers, sent.buffers);
         }
+        let unsigned = Session::new(b"", "test");
+        let packed = pack(unsigned.signer(), &[], &messages);
+        assert!(packed[1].is_empty(), "no signature on an unsigned link");
+        assert_eq!(unpack(unsigned.signer(), packed).map(|m| m.len()), Ok(5));
     }
 
     #[test]
-    fn malformed_packs_are_errors() {
-        let pack_of = |body: &[u8]| {
+    fn a_pack_is_not_a_message_and_a_message_is_not_a_pack() {
+        let session = Session::new(b"key", "test");
+        let message = numbered(&session, 1);
+        let plain = session.encode(&message);
+        assert!(!is_pack(&plain));
+        let packed = pack(session.signer(), &[], &[message]);
+        assert!(is_pack(&packed));
+        assert!(session.decode(packed).is_err());
+        assert!(unpack(session.signer(), plain).is_err());
+    }
+
+    #[test]
+    fn bad_packs_are_dropped_whole_and_bad_records_alone() {
+        let session = Session::new(b"key", "test");
+        let messages: Vec<Message> = (0..3).map(|i| numbered(&session, i)).collect();
+        let good = pack(session.signer(), &[], &messages);
+
+        let other = Session::new(b"other key", "test");
+        assert_eq!(
+            unpack(other.signer(), good.clone()).err(),
+            Some(PackError::BadSignature)
+        );
+        let mut tampered = good.clone();
+        let index = String::from_utf8_lossy(&tampered[2]).replace(r#""i":1"#, r#""i":7"#);
+        assert_ne!(index.as_bytes(), tampered[2].as_ref());
+        tampered[2] = Bytes::from(index);
+        assert_eq!(
+            unpack(session.signer(), tampered).err(),
+            Some(PackError::BadSignature)
+        );
+        let mut missing_buffer = good.clone();
+        missing_buffer.pop();
+        assert!(matches!(
+            unpack(session.signer(), missing_buffer),
+            Err(PackError::Malformed(_))
+        ));
+        assert!(unpack(session.signer(), good[..2].to_vec()).is_err());
+
+        let signed = |index: &str| {
+            let signature = session.signer().sign([index.as_bytes(), b"", b"", b""]);
             vec![
                 Bytes::from_static(PACK_DELIMITER),
-                Bytes::copy_from_slice(body),
+                Bytes::from(signature),
+                Bytes::from(index.to_owned()),
             ]
         };
-        assert_eq!(unpack(pack_of(&[])), Ok(Vec::new()));
-        assert!(unpack(pack_of(&[1, 0])).is_err(), "truncated count");
-        assert!(
-            unpack(pack_of(&[1, 0, 0, 0, 9, 0, 0, 0, 1])).is_err(),
-            "short frame"
+        for index in ["{}", "[[{}]]", "[[{},{},{},{},-1]]", "[1]", "[", "[] x"] {
+            assert!(
+                matches!(
+                    unpack(session.signer(), signed(index)),
+                    Err(PackError::Malformed(_))
+                ),
+                "{index}"
+            );
+        }
+        let header = r#"{"msg_id":"a","msg_type":"t"}"#;
+        let mixed = format!(
+            r#"[[{header},{{}},{{}},{{}},0],[{{}},{{}},{{}},{{}},0],[{header},{{}},[],{{}},0]]"#
         );
-        assert!(
-            unpack(pack_of(&[255, 255, 255, 255])).is_err(),
-            "absurd count"
+        let results = unpack(session.signer(), signed(&mixed)).expect("a readable pack");
+        assert!(results[0].is_ok());
+        assert!(matches!(
+            results[1],
+            Err(DecodeError::WrongType {
+                part: crate::Part::Header,
+                ..
+            })
+        ));
+        assert!(matches!(
+            results[2],
+            Err(DecodeError::WrongType {
+                part: crate::Part::Metadata,
+                ..
+            })
+        ));
+        assert_eq!(
+            unpack(session.signer(), signed("[]")).map(|m| m.len()),
+            Ok(0)
         );
-        assert!(
-            unpack(vec![Bytes::from_static(b"x")]).is_err(),
-            "not a pack"
-        );
-        assert!(!is_pack(&[Bytes::from_static(DELIMITER), Bytes::new()]));
     }
 }

@@ -205,16 +205,37 @@ proptest! {
 
     #[test]
     fn arbitrary_packs_never_panic(
-        body in proptest::collection::vec(any::<u8>(), 0..200),
+        index in proptest::collection::vec(any::<u8>(), 0..200),
+        records in proptest::collection::vec((0usize..JSON.len(), 0usize..JSON.len(), 0usize..3), 0..4),
+        buffers in 0usize..4,
         identities in 0usize..3,
+        signed in any::<bool>(),
     ) {
+        let session = Session::new(b"key", "p");
+        // Random bytes as the index, or an index of JSON fragments that is correctly signed (so
+        // that parsing, not only the signature check, runs).
+        let index = if records.is_empty() {
+            index
+        } else {
+            let body: Vec<String> = records
+                .iter()
+                .map(|&(a, b, n)| format!("[{},{{}},{},{{}},{n}]", JSON[a], JSON[b]))
+                .collect();
+            format!("[{}]", body.join(",")).into_bytes()
+        };
+        let signature = if signed {
+            session.signer().sign([&index, b"", b"", b""]).into_bytes()
+        } else {
+            b"0123".to_vec()
+        };
         let mut frames: Vec<Bytes> = (0..identities).map(|i| Bytes::from(vec![i as u8; 4])).collect();
         frames.push(Bytes::from_static(parallax_wire::pack::PACK_DELIMITER));
-        frames.push(Bytes::from(body));
-        if let Ok(messages) = parallax_wire::pack::unpack(frames) {
-            for message in messages {
-                prop_assert!(message.len() > identities, "identities and delimiter first");
-                let _ = Session::new(b"key", "p").decode(message);
+        frames.push(Bytes::from(signature));
+        frames.push(Bytes::from(index));
+        frames.extend((0..buffers).map(|i| Bytes::from(vec![i as u8; i])));
+        if let Ok(messages) = parallax_wire::pack::unpack(session.signer(), frames) {
+            for message in messages.into_iter().flatten() {
+                prop_assert_eq!(message.identities.len(), identities, "the pack's identities");
             }
         }
     }

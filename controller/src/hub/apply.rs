@@ -15,10 +15,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use parallax_wire::cluster::{
-    died_while_running, AbortRequest, ApplyRouting, AttachRequest, EngineId, ENGINE_ERROR,
-    TASK_ABORTED, TASK_TIMEOUT,
+    died_while_running, pack_format_mismatch, AbortRequest, ApplyRouting, AttachRequest, EngineId,
+    ENGINE_ERROR, TASK_ABORTED, TASK_TIMEOUT,
 };
+use parallax_wire::pack::PACK_VERSION;
 use parallax_wire::replies::error_content;
+use parallax_wire::Bytes;
 use parallax_wire::{now_iso8601, Message};
 use serde_json::json;
 
@@ -33,25 +35,33 @@ impl Hub {
     /// engine go to it from now on.
     pub(super) async fn on_attach(&mut self, message: Message) {
         let content = match message.content_as::<AttachRequest>() {
-            Ok(attach) => {
-                tracing::info!(uuid = %attach.uuid, packs = attach.packs, "engine support attached");
-                if attach.packs {
-                    self.engine_packs.allow(&message.identities);
+            Ok(attach) => match pack_format_mismatch("engine support", attach.packs) {
+                Some(reason) => {
+                    tracing::warn!(uuid = %attach.uuid, %reason, "engine support refused");
+                    error_content("VersionMismatch", &reason)
                 }
-                self.attached
-                    .insert(attach.uuid.clone(), message.identities.clone());
-                if let Some(id) = self.registry.by_uuid(&attach.uuid) {
-                    self.registry
-                        .set_support(id, Some(message.identities.clone()));
-                    self.open_if_serving(id);
+                None => {
+                    tracing::info!(uuid = %attach.uuid, packs = attach.packs, "engine support attached");
+                    self.attach(attach, &message.identities);
+                    json!({"status": "ok"})
                 }
-                json!({"status": "ok"})
-            }
+            },
             Err(error) => error_content("ValueError", &format!("invalid attach_request: {error}")),
         };
         let reply = self.session.reply(&message, "attach_reply", &content);
         self.to_engine(reply).await;
         self.dispatch().await;
+    }
+
+    fn attach(&mut self, attach: AttachRequest, route: &[Bytes]) {
+        if attach.packs == PACK_VERSION {
+            self.engine_packs.allow(route);
+        }
+        self.attached.insert(attach.uuid.clone(), route.to_vec());
+        if let Some(id) = self.registry.by_uuid(&attach.uuid) {
+            self.registry.set_support(id, Some(route.to_vec()));
+            self.open_if_serving(id);
+        }
     }
 
     /// Lets the scheduler give engine `id` tasks if it serves and its kernel has the support.

@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 
 use parallax_wire::cluster::{
-    ConnectReply, ConnectRequest, EngineId, EngineState, EnginesReply, PurgeRequest, QueryRequest,
-    QueueReply, QueueStatus, Routing, Targets, TaskRecord, TaskRequest, ENGINE_ERROR,
+    pack_format_mismatch, ConnectReply, ConnectRequest, EngineId, EngineState, EnginesReply,
+    PurgeRequest, QueryRequest, QueueReply, QueueStatus, Routing, Targets, TaskRecord, TaskRequest,
+    ENGINE_ERROR,
 };
+use parallax_wire::pack::PACK_VERSION;
 use parallax_wire::{now_iso8601, Message};
 use serde::Deserialize;
 use serde_json::json;
@@ -74,13 +76,19 @@ impl Hub {
     }
 
     async fn on_connect(&mut self, message: Message) {
+        let packs = message
+            .content_as::<ConnectRequest>()
+            .map_or(0, |request| request.packs);
+        if let Some(reason) = pack_format_mismatch("client", packs) {
+            tracing::warn!(client = %message.header().session, %reason, "client refused");
+            self.reply(&message, &error_content("VersionMismatch", &reason))
+                .await;
+            return;
+        }
         if !self.clients.contains(&message.identities) {
             self.clients.push(message.identities.clone());
         }
-        if message
-            .content_as::<ConnectRequest>()
-            .is_ok_and(|request| request.packs)
-        {
+        if packs == PACK_VERSION {
             self.client_packs.allow(&message.identities);
         }
         tracing::info!(client = %message.header().session, "client connected");
