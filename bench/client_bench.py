@@ -288,7 +288,7 @@ Workload = tuple[str, Callable[[Views], dict[str, float]]]
 
 def workloads(args: argparse.Namespace, arr: np.ndarray) -> list[Workload]:
     """(name, run) for each workload at full size."""
-    return [
+    runs = [
         ("latency", lambda v: latency(v, args.calls)),
         ("load-balanced apply", lambda v: load_balanced_apply(v, TASKS)),
         ("map ident", lambda v: map_ident(v, MAP_ITEMS)),
@@ -296,6 +296,11 @@ def workloads(args: argparse.Namespace, arr: np.ndarray) -> list[Workload]:
         ("push/pull", lambda v: push_pull(v, arr)),
         ("scatter/gather", lambda v: scatter_gather(v, arr)),
     ]
+    assert [name for name, _ in runs] == WORKLOAD_NAMES
+    return runs
+
+
+WORKLOAD_NAMES = ["latency", "load-balanced apply", "map ident", "map work", "push/pull", "scatter/gather"]
 
 
 def warm_up(views: Views, arr: np.ndarray, timeout: float) -> None:
@@ -397,11 +402,12 @@ def render(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace)
         lines.append(
             f"| {row.label} | {row.unit} | {figures} | {ratio_text} | {row.target_text()} | {verdict or ''} |"
         )
-    serial = {s: statistics.median(samples[s]["serial_s"]) for s in ran}
-    lines += [
-        "",
-        "The serial loop took (median) " + ", ".join(f"{serial[s]:.2f} s beside {s}" for s in ran) + ".",
-    ]
+    serial = {s: statistics.median(samples[s]["serial_s"]) for s in ran if samples[s].get("serial_s")}
+    if serial:
+        lines += [
+            "",
+            "The serial loop took (median) " + ", ".join(f"{t:.2f} s beside {s}" for s, t in serial.items()) + ".",
+        ]
     if len(ran) < len(SYSTEMS):
         lines += ["", f"Only {ran[0]} ran (`--only {ran[0]}`): no ratios, no verdicts on ratio targets."]
     versions = {name: version(name) for name in ("ipyparallel", "cloudpickle", "numpy")}
@@ -412,7 +418,8 @@ def render(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace)
 def progress(samples: dict[str, dict[str, list[float]]]) -> str:
     """One line per round: each system's latest figure of every row."""
     return "; ".join(
-        f"{system} " + ", ".join(f"{row.key} {values[row.key][-1]:,.{row.decimals}f}" for row in ROWS)
+        f"{system} " + ", ".join(f"{row.key} {values[row.key][-1]:,.{row.decimals}f}" for row in ROWS
+                                 if values.get(row.key))
         for system, values in samples.items()
     )
 
@@ -428,7 +435,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a workload may take")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--workload", action="append", choices=WORKLOAD_NAMES,
+                        help="run only this workload (repeatable; for debugging, implies --no-write)")
     args = parser.parse_args()
+    if args.workload:
+        args.no_write = True
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     systems = [args.only] if args.only else list(SYSTEMS)
@@ -454,6 +465,8 @@ def main() -> int:
         for r in range(args.rounds):
             order = systems if r % 2 == 0 else systems[::-1]
             for name, run in workloads(args, arr):
+                if args.workload and name not in args.workload:
+                    continue
                 for system in order:
                     settle(str(root))
                     with deadline(args.timeout, f"{system}: {name}"):

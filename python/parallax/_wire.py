@@ -8,12 +8,13 @@ messages as the frames
 where `signature` is the hex HMAC-SHA256 of the four JSON frames under the cluster key. Between
 Parallax's own ends a burst of messages goes as one pack (the controller's `wire::pack`):
 
-    [b"<PX|PACK>", signature, index, *buffers]
-    index = [[header, parent_header, metadata, content, n], ...]    (one JSON array)
+    [b"<PX|PACK>", signature, index, buffers]
+    index = [[header, parent_header, metadata, content, [size, ...]], ...]    (one JSON array)
 
-where `signature` is the HMAC of the index and each message owns the next `n` buffers. One
-signature and one JSON document per pack is what makes a thousand small tasks cheap: in Python,
-most of a small message's cost is its four `json` calls and its HMAC.
+where `signature` is the HMAC of the index and `buffers` holds every message's buffers one after
+the other (each record gives the sizes of its own). One signature, one JSON document and four
+frames per pack is what makes a thousand small tasks cheap: in Python, most of a small message's
+cost is its four `json` calls, its HMAC and a socket call per frame.
 
 This module does no I/O. `Session.serialize` turns one message into frames, `Session.to_send`
 turns what an IO thread found waiting (drafts and serialised messages) into the ZeroMQ messages to
@@ -280,7 +281,7 @@ class Session:
         try:
             out.append(self._frames_of(run[0]) if len(run) == 1 else self._pack(run))
             return
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, BufferError):
             if len(run) == 1:
                 log.exception("could not serialise a message to send; it was dropped")
                 return
@@ -295,18 +296,20 @@ class Session:
         for item in run:
             if type(item) is tuple:
                 header, parent, metadata, content, own = item
-                drafts.append([header, parent, metadata, content, len(own)])
+                drafts.append([header, parent, metadata, content, [_nbytes(b) for b in own]])
                 buffers.extend(own)
                 continue
             if drafts:
                 pieces.append(_dumps(drafts)[1:-1].encode())
                 drafts = []
-            pieces.append(b"[%b,%b,%b,%b,%d]" % (item[2], item[3], item[4], item[5], len(item) - 6))
-            buffers.extend(item[6:])
+            own = item[6:]
+            sizes = ",".join(str(_nbytes(b)) for b in own).encode()
+            pieces.append(b"[%b,%b,%b,%b,[%b]]" % (item[2], item[3], item[4], item[5], sizes))
+            buffers.extend(own)
         if drafts:
             pieces.append(_dumps(drafts)[1:-1].encode())
         index = b"[" + b",".join(pieces) + b"]"
-        return [PACK_DELIMITER, self.sign((index,)), index, *buffers]
+        return [PACK_DELIMITER, self.sign((index,)), index, b"".join(buffers)]
 
     # -- incoming ---------------------------------------------------------------------------------
 
@@ -354,8 +357,8 @@ class Session:
         return Message(header, parent, metadata, content, buffers)
 
     def _unpack_pack(self, frames: Sequence[Frame], at: int) -> list[Message]:
-        if len(frames) < at + 3:
-            log.warning("dropped a pack with %d frames after its delimiter", len(frames) - at - 1)
+        if len(frames) != at + 4:
+            log.warning("dropped a pack with %d frames after its delimiter (3 expected)", len(frames) - at - 1)
             return []
         signature = _as_bytes(frames[at + 1])
         index = _as_bytes(frames[at + 2])
@@ -367,21 +370,28 @@ class Session:
         except (ValueError, UnicodeDecodeError) as exc:
             log.warning("dropped a pack whose index is not JSON: %s", exc)
             return []
-        buffers = [_as_buffer(f) for f in frames[at + 3 :]]
-        if not (type(records) is list and all(type(r) is list and len(r) == 5 and type(r[4]) is int
-                                              and r[4] >= 0 for r in records)
-                and sum(r[4] for r in records) == len(buffers)):
-            log.warning("dropped a malformed pack (its index does not match its %d buffers)", len(buffers))
+        buffers = _as_bytes(frames[at + 3])
+        if not (type(records) is list and all(type(r) is list and len(r) == 5 and type(r[4]) is list
+                                              and all(type(n) is int and n >= 0 for n in r[4]) for r in records)
+                and sum(sum(r[4]) for r in records) == len(buffers)):
+            log.warning("dropped a malformed pack (its index does not match its %d bytes of buffers)", len(buffers))
             return []
         messages: list[Message] = []
-        used = 0
-        for header, parent, metadata, content, count in records:
+        end = 0
+        for header, parent, metadata, content, sizes in records:
+            own = []
+            for size in sizes:  # each buffer its own bytes: a kept result holds no one else's
+                start, end = end, end + size
+                own.append(buffers[start:end])
             if type(header) is dict and type(parent) is dict and type(metadata) is dict and type(content) is dict:
-                messages.append(Message(header, parent, metadata, content, buffers[used : used + count]))
+                messages.append(Message(header, parent, metadata, content, own))
             else:
                 log.debug("dropped a message of a pack whose JSON parts are not all objects")
-            used += count
         return messages
+
+
+def _nbytes(buffer: Any) -> int:
+    return len(buffer) if isinstance(buffer, bytes) else memoryview(buffer).nbytes
 
 
 def _size(item: Draft | list[Any]) -> int:

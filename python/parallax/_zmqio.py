@@ -27,12 +27,12 @@ from typing import Any, Callable
 
 import zmq
 
-from ._wire import PACK_DELIMITER, Draft, Message, Session
+from ._wire import Draft, Message, Session
 
 _MORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
-_COPIED_FRAMES = 7  # delimiter, signature, header, parent, metadata, content, first buffer
+_COPIED_FRAMES = 7  # delimiter, signature, header, parent, metadata, content, first buffer (a pack: 4)
 
 
 log = logging.getLogger("parallax")
@@ -47,15 +47,12 @@ def send_frames(socket: zmq.Socket, frames: list[Any]) -> None:
 
 
 def recv_frames(socket: zmq.Socket) -> list[Any]:
-    """Receive one multipart message without blocking (raises zmq.Again if there is none). A
-    pack's buffers are all received as bytes: each belongs to a small message."""
-    first = socket.recv(_NOBLOCK)
-    frames: list[Any] = [first]
+    """Receive one multipart message without blocking (raises zmq.Again if there is none)."""
+    frames: list[Any] = [socket.recv(_NOBLOCK)]
     more = socket.getsockopt
     recv = socket.recv
-    copied = 1 << 30 if first == PACK_DELIMITER else _COPIED_FRAMES
     while more(_RCVMORE):
-        frames.append(recv(0, copy=len(frames) < copied))
+        frames.append(recv(0, copy=len(frames) < _COPIED_FRAMES))
     return frames
 
 

@@ -149,7 +149,7 @@ def test_small_messages_are_packed_in_order_and_large_ones_go_alone() -> None:
     burst = [_draft(session, i, [b"y" * 40_000]) for i in range(100)]
     packs = session.to_send(burst)
     assert 1 < len(packs) < 10
-    assert all(sum(len(f) for f in p[3:]) < PACK_BYTES_LIMIT + PACK_MESSAGE_LIMIT for p in packs)
+    assert all(len(p) == 4 and len(p[3]) < PACK_BYTES_LIMIT + PACK_MESSAGE_LIMIT for p in packs)
     assert [m.content["n"] for p in packs for m in session.receive(p)] == list(range(100))
     assert len(session.to_send(small[:1] * (PACK_COUNT_LIMIT + 1))) == 2, "at most PACK_COUNT_LIMIT to a pack"
 
@@ -159,21 +159,23 @@ def test_bad_packs_are_dropped_whole_and_bad_records_alone(caplog: pytest.LogCap
     pack = session.to_send([_draft(session, i, [b"z"]) for i in range(3)])[0]
     with caplog.at_level("WARNING", logger="parallax"):
         assert Session("other key").receive(pack) == [], "signed with another key"
-        assert session.receive(pack[:-1]) == [], "a buffer short"
+        assert session.receive([*pack[:3], pack[3][:-1]]) == [], "a byte of buffers short"
+        assert session.receive([*pack, b""]) == [], "a frame too many"
         assert session.receive(pack[:2]) == [], "no index"
         tampered = [*pack[:2], pack[2].replace(b'"n":1', b'"n":7'), *pack[3:]]
         assert session.receive(tampered) == []
     assert "bad signature" in caplog.text and "malformed pack" in caplog.text
 
-    def signed(index: bytes, buffers: int = 0) -> list[Any]:
-        return [PACK_DELIMITER, session.sign((index,)), index, *[b"b"] * buffers]
+    def signed(index: bytes, buffers: bytes = b"") -> list[Any]:
+        return [PACK_DELIMITER, session.sign((index,)), index, buffers]
 
-    for index in (b"{}", b"[[{}]]", b"[[{},{},{},{},-1]]", b"[1]", b"[", b"[[{},{},{},{},true]]"):
+    for index in (b"{}", b"[[{}]]", b"[[{},{},{},{},0]]", b"[[{},{},{},{},[-1]]]", b"[1]", b"[",
+                  b"[[{},{},{},{},[true]]]", b"[[{},{},{},{},[1]]]"):
         assert session.receive(signed(index)) == [], index
     header = json.dumps({"msg_id": "a", "msg_type": "t"}).encode()
-    mixed = b"[[%b,{},{},{},1],[[],{},{},{},1],[%b,{},{},{},1]]" % (header, header)
-    arrived = session.receive(signed(mixed, 3))
-    assert len(arrived) == 2 and all(m.msg_id == "a" and m.buffers == [b"b"] for m in arrived)
+    mixed = b"[[%b,{},{},{},[1]],[[],{},{},{},[1]],[%b,{},{},{},[1,0]]]" % (header, header)
+    arrived = session.receive(signed(mixed, b"xyz"))
+    assert [(m.msg_id, m.buffers) for m in arrived] == [("a", [b"x"]), ("a", [b"z", b""])]
     assert session.receive(signed(b"[]")) == []
 
 

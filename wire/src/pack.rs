@@ -4,20 +4,21 @@
 //! to the same peer (a thousand submitted tasks, their replies) goes as one multipart message:
 //!
 //! ```text
-//! [identity ...] "<PX|PACK>" signature index buffer*
+//! [identity ...] "<PX|PACK>" signature index buffers
 //! index     = [record, ...]                  (one JSON array)
-//! record    = [header, parent_header, metadata, content, n]
+//! record    = [header, parent_header, metadata, content, [size, ...]]
 //! signature = hex HMAC-SHA256 of the index under the link's key (empty on an unsigned link)
+//! buffers   = every message's buffers, one after the other, in one frame
 //! ```
 //!
-//! Each record holds one message's four JSON objects as they would have been sent alone, and `n`,
-//! how many of the buffers that follow the index are its own (buffers come in message order).
-//! One signature covers every message of the pack, as a message's signature covers its four
-//! frames; buffers are not signed, as in Jupyter. A sender then signs once and a receiver parses
-//! and verifies once per pack instead of once per message, which is most of what a small message
-//! costs in Python.
+//! Each record holds one message's four JSON objects as they would have been sent alone, and the
+//! sizes of its buffers, which follow those of the messages before it in the last frame. One
+//! signature covers every message of the pack, as a message's signature covers its four frames;
+//! buffers are not signed, as in Jupyter. A sender then signs once, and a receiver parses and
+//! verifies once and receives four frames per pack instead of doing all of it per message, which
+//! is most of what a small message costs in Python.
 //!
-//! A pack whose signature, index or buffer count is wrong is dropped whole; a record whose parts
+//! A pack whose signature, index or buffer sizes are wrong is dropped whole; a record whose parts
 //! have the wrong shape (a header without `msg_id`, say) is dropped alone. Only messages that are
 //! small in all (at most [`PACK_MESSAGE_LIMIT`] bytes) are packed, at most [`PACK_COUNT_LIMIT`]
 //! of them or about [`PACK_BYTES_LIMIT`] bytes to a pack. A pack is only ever sent to a peer that
@@ -74,10 +75,21 @@ pub fn pack(signer: &Signer, identities: &[Bytes], messages: &[Message]) -> Vec<
     let json: usize = messages
         .iter()
         .map(|m| {
-            m.header_raw().len() + m.parent_raw().len() + m.metadata.len() + m.content.len() + 16
+            m.header_raw().len()
+                + m.parent_raw().len()
+                + m.metadata.len()
+                + m.content.len()
+                + 8 * m.buffers.len()
+                + 8
         })
         .sum();
     let mut index = BytesMut::with_capacity(json + 2);
+    let mut buffers = BytesMut::with_capacity(
+        messages
+            .iter()
+            .flat_map(|m| m.buffers.iter().map(Bytes::len))
+            .sum(),
+    );
     index.put_u8(b'[');
     for (i, message) in messages.iter().enumerate() {
         if i > 0 {
@@ -95,27 +107,32 @@ pub fn pack(signer: &Signer, identities: &[Bytes], messages: &[Message]) -> Vec<
             index.put_slice(if part.is_empty() { b"{}" } else { part });
             index.put_u8(b',');
         }
-        index.put_slice(message.buffers.len().to_string().as_bytes());
-        index.put_u8(b']');
+        index.put_u8(b'[');
+        for (j, buffer) in message.buffers.iter().enumerate() {
+            if j > 0 {
+                index.put_u8(b',');
+            }
+            index.put_slice(buffer.len().to_string().as_bytes());
+            buffers.put_slice(buffer);
+        }
+        index.put_slice(b"]]");
     }
     index.put_u8(b']');
     let index = index.freeze();
     // The MAC of parts fed in order is the MAC of their concatenation: here, the index alone.
     let signature = signer.sign([&index, b"", b"", b""]);
-    let buffers = messages.iter().map(|m| m.buffers.len()).sum::<usize>();
-    let mut frames = Vec::with_capacity(identities.len() + 3 + buffers);
+    let mut frames = Vec::with_capacity(identities.len() + 4);
     frames.extend(identities.iter().cloned());
     frames.push(Bytes::from_static(PACK_DELIMITER));
     frames.push(Bytes::from(signature.into_bytes()));
     frames.push(index);
-    for message in messages {
-        frames.extend(message.buffers.iter().cloned());
-    }
+    frames.push(buffers.freeze());
     frames
 }
 
 /// The messages of a pack (identities, pack delimiter, signature, index, buffers), each routed
 /// from the pack's identities: a message whose parts have the wrong shape is an `Err` of its own.
+/// Each message's buffers share the memory of the pack's last frame.
 pub fn unpack(
     signer: &Signer,
     mut frames: Vec<Bytes>,
@@ -124,13 +141,13 @@ pub fn unpack(
         .iter()
         .position(|frame| frame.as_ref() == PACK_DELIMITER)
         .ok_or_else(|| PackError::Malformed("no <PX|PACK> delimiter".into()))?;
-    if frames.len() < at + 3 {
+    if frames.len() != at + 4 {
         return Err(PackError::Malformed(format!(
-            "{} frames after the delimiter, at least 2 needed",
+            "{} frames after the delimiter, 3 expected",
             frames.len() - at - 1
         )));
     }
-    let mut buffers = frames.split_off(at + 3).into_iter();
+    let buffers = frames.pop().unwrap_or_default();
     let index = frames.pop().unwrap_or_default();
     let signature = frames.pop().unwrap_or_default();
     frames.truncate(at);
@@ -143,22 +160,32 @@ pub fn unpack(
         &'a RawValue,
         &'a RawValue,
         &'a RawValue,
-        usize,
+        Vec<usize>,
     );
     let records: Vec<Record<'_>> = serde_json::from_slice(&index)
         .map_err(|error| PackError::Malformed(format!("index: {error}")))?;
-    let wanted: usize = records.iter().map(|record| record.4).sum();
-    if wanted != buffers.len() {
+    let total = records
+        .iter()
+        .flat_map(|record| record.4.iter())
+        .try_fold(0usize, |total, &size| total.checked_add(size));
+    if total != Some(buffers.len()) {
         return Err(PackError::Malformed(format!(
-            "the index names {wanted} buffers, {} follow it",
+            "the index names buffers other than the {} bytes that follow it",
             buffers.len()
         )));
     }
+    let mut at = 0;
     Ok(records
         .into_iter()
-        .map(|(header, parent, metadata, content, n)| {
+        .map(|(header, parent, metadata, content, sizes)| {
             let part = |raw: &RawValue| index.slice_ref(raw.get().as_bytes());
-            let own: Vec<Bytes> = buffers.by_ref().take(n).collect();
+            let own: Vec<Bytes> = sizes
+                .iter()
+                .map(|&size| {
+                    at += size;
+                    buffers.slice(at - size..at)
+                })
+                .collect();
             assemble([part(header), part(parent), part(metadata), part(content)]).map(
                 |mut message| {
                     message.identities = identities.clone();
@@ -247,10 +274,11 @@ mod tests {
             unpack(session.signer(), tampered).err(),
             Some(PackError::BadSignature)
         );
-        let mut missing_buffer = good.clone();
-        missing_buffer.pop();
+        let mut short_buffers = good.clone();
+        let last = short_buffers.len() - 1;
+        short_buffers[last] = short_buffers[last].slice(1..);
         assert!(matches!(
-            unpack(session.signer(), missing_buffer),
+            unpack(session.signer(), short_buffers),
             Err(PackError::Malformed(_))
         ));
         assert!(unpack(session.signer(), good[..2].to_vec()).is_err());
@@ -261,9 +289,20 @@ mod tests {
                 Bytes::from_static(PACK_DELIMITER),
                 Bytes::from(signature),
                 Bytes::from(index.to_owned()),
+                Bytes::new(),
             ]
         };
-        for index in ["{}", "[[{}]]", "[[{},{},{},{},-1]]", "[1]", "[", "[] x"] {
+        for index in [
+            "{}",
+            "[[{}]]",
+            "[[{},{},{},{},0]]",
+            "[[{},{},{},{},[-1]]]",
+            "[[{},{},{},{},[1]]]",
+            "[[{},{},{},{},[18446744073709551615]],[{},{},{},{},[1]]]",
+            "[1]",
+            "[",
+            "[] x",
+        ] {
             assert!(
                 matches!(
                     unpack(session.signer(), signed(index)),
@@ -274,10 +313,15 @@ mod tests {
         }
         let header = r#"{"msg_id":"a","msg_type":"t"}"#;
         let mixed = format!(
-            r#"[[{header},{{}},{{}},{{}},0],[{{}},{{}},{{}},{{}},0],[{header},{{}},[],{{}},0]]"#
+            r#"[[{header},{{}},{{}},{{}},[1]],[{{}},{{}},{{}},{{}},[]],[{header},{{}},[],{{}},[2]]]"#
         );
-        let results = unpack(session.signer(), signed(&mixed)).expect("a readable pack");
-        assert!(results[0].is_ok());
+        let mut frames = signed(&mixed);
+        frames[3] = Bytes::from_static(b"abc");
+        let results = unpack(session.signer(), frames).expect("a readable pack");
+        assert_eq!(
+            results[0].as_ref().map(|m| m.buffers.clone()),
+            Ok(vec![Bytes::from_static(b"a")])
+        );
         assert!(matches!(
             results[1],
             Err(DecodeError::WrongType {

@@ -207,7 +207,7 @@ proptest! {
     fn arbitrary_packs_never_panic(
         index in proptest::collection::vec(any::<u8>(), 0..200),
         records in proptest::collection::vec((0usize..JSON.len(), 0usize..JSON.len(), 0usize..3), 0..4),
-        buffers in 0usize..4,
+        buffers in 0usize..6,
         identities in 0usize..3,
         signed in any::<bool>(),
     ) {
@@ -219,7 +219,10 @@ proptest! {
         } else {
             let body: Vec<String> = records
                 .iter()
-                .map(|&(a, b, n)| format!("[{},{{}},{},{{}},{n}]", JSON[a], JSON[b]))
+                .map(|&(a, b, n)| {
+                    let sizes = vec!["1"; n].join(",");
+                    format!("[{},{{}},{},{{}},[{sizes}]]", JSON[a], JSON[b])
+                })
                 .collect();
             format!("[{}]", body.join(",")).into_bytes()
         };
@@ -232,7 +235,7 @@ proptest! {
         frames.push(Bytes::from_static(parallax_wire::pack::PACK_DELIMITER));
         frames.push(Bytes::from(signature));
         frames.push(Bytes::from(index));
-        frames.extend((0..buffers).map(|i| Bytes::from(vec![i as u8; i])));
+        frames.push(Bytes::from(vec![7u8; buffers]));
         if let Ok(messages) = parallax_wire::pack::unpack(session.signer(), frames) {
             for message in messages.into_iter().flatten() {
                 prop_assert_eq!(message.identities.len(), identities, "the pack's identities");
