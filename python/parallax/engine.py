@@ -33,7 +33,7 @@ exited without reading them.
 
 from __future__ import annotations
 
-import _signal  # signal.signal without the enum conversions of the signal module (called twice per task)
+import _signal  # signal.signal without the enum conversions of the signal module
 import asyncio
 import atexit
 import collections
@@ -247,6 +247,7 @@ class EngineSupport:
         self.queue: collections.deque[Message] = collections.deque()
         self.lock = threading.Lock()
         self.scheduled = False
+        self.in_task = False  # the main thread runs a task's code (SIGINT interrupts it)
         self.thread = threading.Thread(target=self._io_main, name="parallax-engine-io", daemon=True)
         self.stopped = False
         self.unclaimed = _shm.Unclaimed()
@@ -358,8 +359,11 @@ class EngineSupport:
         self.outbox.put(frames)
 
     def _run_queued(self) -> None:
-        """Run queued tasks for up to TIME_SLICE seconds, then yield to the loop."""
+        """Run queued tasks for up to TIME_SLICE seconds, then yield to the loop. SIGINT
+        interrupts the task that runs, and nothing else (see `_on_sigint`)."""
         deadline = time.monotonic() + TIME_SLICE
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        saved_handler = _signal.signal(_SIGINT, self._on_sigint) if on_main_thread else None
         try:
             while True:
                 with self.lock:
@@ -370,13 +374,24 @@ class EngineSupport:
                 self._run(request)
                 if time.monotonic() >= deadline:
                     break
-        except BaseException:  # e.g. a late KeyboardInterrupt between tasks: keep serving
+        except BaseException:  # e.g. an interrupted cell's late KeyboardInterrupt: keep serving
             log.debug("interrupted between tasks", exc_info=True)
+        finally:
+            if saved_handler is not None:
+                _signal.signal(_SIGINT, saved_handler)
         with self.lock:
             if not self.queue or self.stopped:
                 self.scheduled = False
                 return
         self.loop.call_soon(self._run_queued)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT while tasks run: a KeyboardInterrupt in the task's code. Between tasks (the
+        support's own bookkeeping, a reply being sent) it is ignored, as the kernel ignores it
+        when idle, so an interrupt never costs a task its reply. Installed once per batch of
+        tasks rather than per task: a handler swap is two system calls."""
+        if self.in_task:
+            raise KeyboardInterrupt
 
     def _namespace(self) -> dict[str, Any]:
         """The user namespace (looked up per task: `%reset` or a new shell may replace it)."""
@@ -392,21 +407,23 @@ class EngineSupport:
         saved_streams = sys.stdout, sys.stderr
         self.stdout.begin(request, sys.__stdout__ if sys.stdout is None else sys.stdout)
         self.stderr.begin(request, sys.__stderr__ if sys.stderr is None else sys.stderr)
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        saved_handler = _signal.signal(_SIGINT, signal.default_int_handler) if on_main_thread else None
         segments: list[str] = []
         try:
             sys.stdout, sys.stderr = self.stdout, self.stderr
-            f, args, kwargs = deserialize_call(request.buffers, self._namespace())
-            result = f(*args, **kwargs)
-            buffers, segments = self._result_buffers(result, request)
+            # SIGINT raises only while this flag is set, which is inside this `try`: an
+            # interrupt fails the task, never the support's bookkeeping around it.
+            self.in_task = True
+            try:
+                f, args, kwargs = deserialize_call(request.buffers, self._namespace())
+                result = f(*args, **kwargs)
+                buffers, segments = self._result_buffers(result, request)
+            finally:
+                self.in_task = False
             content: dict[str, Any] = _OK
         except BaseException as exc:
             content = error_content(exc)
             buffers = []
         finally:
-            if saved_handler is not None:
-                _signal.signal(_SIGINT, saved_handler)
             sys.stdout, sys.stderr = saved_streams
         try:
             self.stdout.flush()

@@ -288,6 +288,33 @@ def test_interrupt_stops_a_running_task(kernel: tuple[KernelManager, Any], contr
     assert controller.result(controller.apply(abs, -1)) == 1, "the support keeps serving after an interrupt"
 
 
+def test_interrupts_during_a_burst_cost_no_task_its_reply(kernel: tuple[KernelManager, Any],
+                                                          controller: Controller) -> None:
+    """SIGINTs that land while a burst of tiny tasks runs (so that most land in the support's
+    own bookkeeping): one that lands in a task fails it with KeyboardInterrupt, one that lands
+    between tasks is ignored, and every task is answered either way."""
+    km, _kc = kernel
+    quick = interactive_function("def quick(i):\n    return i\n", "quick")
+    session = controller.session
+    requests = [(session.header("apply_request"), {}, {"engine": 0}, {}, serialize_call(quick, (i,)))
+                for i in range(3000)]
+    for frames in session.to_send(requests):
+        controller.router.send_multipart([controller.identity, *frames])
+    for _ in range(50):
+        time.sleep(0.002)
+        km.interrupt_kernel()
+    outcomes = []
+    for i, request in enumerate(requests):
+        _streams, reply = controller.outcome(request[0]["msg_id"], timeout=30)
+        if reply.content["status"] == "ok":
+            assert deserialize_result(reply.buffers) == i
+        else:
+            assert reply.content["ename"] == "KeyboardInterrupt", reply.content
+        outcomes.append(reply.content["status"])
+    assert outcomes.count("ok") > 0
+    assert controller.result(controller.apply(abs, -1)) == 1, "the support keeps serving"
+
+
 def test_bad_messages_are_dropped_and_unknown_requests_answered(controller: Controller) -> None:
     _header, frames = controller.session.serialize("apply_request", {}, metadata={"engine": 0},
                                                    buffers=serialize_call(abs, (-3,)))
