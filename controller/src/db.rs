@@ -6,6 +6,8 @@
 //! - task inserts and updates and engine rows are committed together, [`BATCH_DELAY`] after the
 //!   first change of a batch (the thread sleeps meanwhile rather than wake for every change), with
 //!   the changes of each task merged into one statement;
+//! - a new task's row waits up to [`HOLD_NEW`] for the task to finish, so a short task is one
+//!   INSERT with its outcome (the page sees a running task that much later);
 //! - stream text is gathered in memory per task and appended at most every [`STREAM_DELAY`] (and
 //!   when the task finishes), so a task that prints a line at a time does not rewrite its growing
 //!   row, and the WAL, for every line;
@@ -39,6 +41,9 @@ use tokio::sync::oneshot;
 
 /// How long a batch of changes waits before it is committed.
 pub(crate) const BATCH_DELAY: Duration = Duration::from_millis(5);
+/// How long a new task's row may wait for the task's outcome, so that a task that finishes
+/// within it is written once (an INSERT) instead of twice (an INSERT, then an UPDATE).
+pub(crate) const HOLD_NEW: Duration = Duration::from_millis(200);
 /// How long stream text waits before it is appended to its task's row.
 pub(crate) const STREAM_DELAY: Duration = Duration::from_secs(1);
 /// The most of each stream (stdout, stderr) kept per task, in bytes.
@@ -269,6 +274,8 @@ struct Writer {
     engines: BTreeMap<EngineId, EngineInfo>,
     streams: HashMap<String, PendingStreams>,
     batch_since: Option<Instant>,
+    /// When the oldest new row held back for its task's outcome must be written.
+    held_until: Option<Instant>,
 }
 
 impl Writer {
@@ -280,6 +287,7 @@ impl Writer {
             engines: BTreeMap::new(),
             streams: HashMap::new(),
             batch_since: None,
+            held_until: None,
         }
     }
 
@@ -328,7 +336,13 @@ impl Writer {
 
     /// When the next commit is due, if anything is pending.
     fn deadline(&self) -> Option<Instant> {
-        let batch = self.batch_since.map(|since| since + BATCH_DELAY);
+        let batch = [
+            self.batch_since.map(|since| since + BATCH_DELAY),
+            self.held_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let streams = self
             .streams
             .values()
@@ -388,7 +402,7 @@ impl Writer {
                 self.engines.insert(info.id, *info);
             }
             Command::Insert(task) => {
-                let entry = Pending::Insert(task, Box::default());
+                let entry = Pending::Insert(task, Box::default(), Instant::now());
                 match self.pending.get(entry.msg_id()) {
                     // INSERT OR REPLACE: the row starts over.
                     Some(&index) => self.changes[index] = entry,
@@ -432,8 +446,16 @@ impl Writer {
             .into_iter()
             .filter_map(|id| self.streams.remove_entry(&id))
             .collect();
-        let changes = std::mem::take(&mut self.changes);
+        let (changes, held): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.changes)
+            .into_iter()
+            .partition(|change| all || !change.may_wait(now));
         self.pending.clear();
+        self.held_until = held.iter().filter_map(Pending::hold_ends).min();
+        for entry in held {
+            self.pending
+                .insert(entry.msg_id().to_owned(), self.changes.len());
+            self.changes.push(entry);
+        }
         let engines = std::mem::take(&mut self.engines);
         self.batch_since = None;
         if changes.is_empty() && engines.is_empty() && streams.is_empty() {
@@ -481,8 +503,8 @@ type ResultBuffers = (Option<Vec<Bytes>>, u64);
 /// a task inserted and assigned (or even run) within one batch is one INSERT, and the changes a
 /// reply brings (started, buffers, error, finished) are one UPDATE.
 enum Pending {
-    /// A new row, and the changes that came after it (applied to it when written).
-    Insert(Box<NewTask>, Box<Merged>),
+    /// A new row, the changes that came after it (applied to it when written), and when it came.
+    Insert(Box<NewTask>, Box<Merged>, Instant),
     /// Changes to a row written in an earlier batch.
     Update(String, Box<Merged>),
 }
@@ -539,20 +561,36 @@ impl Merged {
 impl Pending {
     fn msg_id(&self) -> &str {
         match self {
-            Pending::Insert(task, _) => &task.record.msg_id,
+            Pending::Insert(task, _, _) => &task.record.msg_id,
             Pending::Update(msg_id, _) => msg_id,
         }
     }
 
+    /// When a new row held back for its task's outcome must be written.
+    fn hold_ends(&self) -> Option<Instant> {
+        match self {
+            Pending::Insert(_, merged, since) if merged.finished.is_none() => {
+                Some(*since + HOLD_NEW)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this can wait for a later batch: a new row whose task has not finished, for at
+    /// most [`HOLD_NEW`].
+    fn may_wait(&self, now: Instant) -> bool {
+        self.hold_ends().is_some_and(|end| end > now)
+    }
+
     fn add(&mut self, change: Change) {
         match self {
-            Pending::Insert(_, merged) | Pending::Update(_, merged) => merged.add(change),
+            Pending::Insert(_, merged, _) | Pending::Update(_, merged) => merged.add(change),
         }
     }
 
     fn write(self, db: &Connection) -> rusqlite::Result<()> {
         match self {
-            Pending::Insert(task, merged) => {
+            Pending::Insert(task, merged, _) => {
                 let NewTask {
                     record: mut r,
                     code,
@@ -901,6 +939,64 @@ mod tests {
 
     fn stored(db: &TaskDb, msg_id: &str) -> StoredTask {
         lookup(db, msg_id).expect("recorded")
+    }
+
+    #[test]
+    fn a_new_row_waits_for_its_outcome_at_most_the_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tasks.db");
+        let db = TaskDb::open(&path).expect("open");
+        // Another reader of the file, as the Clusters page is.
+        let reader = Connection::open(&path).expect("reader");
+        let status = |msg_id: &str| -> Option<String> {
+            reader
+                .query_row(
+                    "SELECT status FROM tasks WHERE msg_id = ?1",
+                    [msg_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .expect("query")
+        };
+        let wait_for = |msg_id: &str, wanted: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while status(msg_id).as_deref() != Some(wanted) {
+                assert!(Instant::now() < deadline, "{msg_id} never became {wanted}");
+                std::thread::sleep(BATCH_DELAY);
+            }
+        };
+        let sent = Instant::now();
+        for msg_id in ["running", "quick"] {
+            db.send(Command::Insert(Box::new(NewTask {
+                record: record(msg_id),
+                code: String::new(),
+            })));
+        }
+        update(&db, "quick", Change::Assigned(1));
+        std::thread::sleep(BATCH_DELAY * 4);
+        let (running, quick) = (status("running"), status("quick"));
+        // Unless this thread was held up longer than the checks take (a loaded machine).
+        let checks = Duration::from_millis(100);
+        assert!(HOLD_NEW > checks, "the checks must fit in the hold");
+        if sent.elapsed() < checks {
+            assert_eq!(
+                (running, quick),
+                (None, None),
+                "both held for their outcome"
+            );
+        }
+        update(&db, "quick", finished("ok", "c"));
+        wait_for("quick", "ok");
+        // The unfinished one is written once its hold ends, without waiting for anything else.
+        wait_for("running", "pending");
+        assert!(sent.elapsed() >= HOLD_NEW);
+        // A read through the database thread sees held rows at once.
+        db.send(Command::Insert(Box::new(NewTask {
+            record: record("third"),
+            code: String::new(),
+        })));
+        assert_eq!(stored(&db, "third").record.status, "pending");
+        assert_eq!(status("third").as_deref(), Some("pending"));
     }
 
     #[test]
