@@ -10,7 +10,9 @@
 //!   trip between two small ones. How many depends on how long its tasks take: up to
 //!   [`MAX_DEPTH`] for tasks of microseconds, down to one at a time for tasks of 100 ms or more
 //!   (and until the first run time is known), so that a long task never holds up others that
-//!   another engine could run.
+//!   another engine could run. A deep pipeline is topped up in steps of a quarter of its depth
+//!   (once it has that much room), so that tiny tasks reach an engine in packs of a dozen or more
+//!   rather than one per reply, while it still holds three quarters of its depth.
 //! - **Retries**: a task whose engine died goes back to the front of the queue, never to that
 //!   engine again, while it has retries left.
 //! - **Timeouts**: a task that waited unassigned longer than its `timeout` leaves the queue (the
@@ -91,6 +93,13 @@ impl Load {
 
     fn has_room(&self) -> bool {
         self.open && self.outstanding < self.depth()
+    }
+
+    /// Whether it should be given tasks now: it has room for a quarter of its depth (at least
+    /// one task).
+    fn wants_more(&self) -> bool {
+        let depth = self.depth();
+        self.open && self.outstanding + (depth / 4).max(1) <= depth
     }
 }
 
@@ -221,13 +230,20 @@ impl Scheduler {
         self.deadlines.keys().next().copied()
     }
 
-    /// Assigns queued tasks to engines with room, in queue order (a task no open engine may
-    /// run waits without holding up the ones behind it). Each assignment counts as sent.
+    /// Assigns queued tasks to engines that want more (filling each up to its depth), in queue
+    /// order (a task no such engine may run waits without holding up the ones behind it). Each
+    /// assignment counts as sent.
     pub fn assign(&mut self) -> Vec<(EngineId, Queued)> {
         let mut assigned = Vec::new();
+        let filling: Vec<EngineId> = self
+            .engines
+            .iter()
+            .filter(|(_, load)| load.wants_more())
+            .map(|(&id, _)| id)
+            .collect();
         let mut index = 0;
-        while index < self.queue.len() && self.engines.values().any(Load::has_room) {
-            match self.choose(&self.queue[index].constraints) {
+        while index < self.queue.len() && filling.iter().any(|id| self.engines[id].has_room()) {
+            match self.choose(&filling, &self.queue[index].constraints) {
                 Some(id) => {
                     let Some(task) = self.queue.remove(index) else {
                         break;
@@ -262,12 +278,13 @@ impl Scheduler {
             .is_some_and(|load| load.has_room() && constraints.allows(id))
     }
 
-    fn choose(&self, constraints: &Constraints) -> Option<EngineId> {
-        self.engines
+    fn choose(&self, among: &[EngineId], constraints: &Constraints) -> Option<EngineId> {
+        among
             .iter()
-            .filter(|(&id, load)| load.has_room() && constraints.allows(id))
+            .filter_map(|id| self.engines.get(id).map(|load| (*id, load)))
+            .filter(|(id, load)| load.has_room() && constraints.allows(*id))
             .min_by_key(|(_, load)| (load.outstanding, load.last_assigned))
-            .map(|(&id, _)| id)
+            .map(|(id, _)| id)
     }
 }
 
@@ -325,6 +342,42 @@ mod tests {
         assert_eq!(load.depth(), 4);
         load.mean_run = Some(0.000_001);
         assert_eq!(load.depth(), MAX_DEPTH);
+    }
+
+    #[test]
+    fn a_deep_pipeline_is_topped_up_a_quarter_at_a_time() {
+        let mut scheduler = Scheduler::default();
+        scheduler.open(0);
+        scheduler.answered(0, Some(Duration::from_micros(1)));
+        for _ in 0..200 {
+            scheduler.submit(task(Constraints::default()));
+        }
+        assert_eq!(
+            scheduler.assign().len(),
+            MAX_DEPTH as usize,
+            "filled to its depth"
+        );
+        let quarter = MAX_DEPTH / 4;
+        for _ in 0..quarter - 1 {
+            scheduler.answered(0, Some(Duration::from_micros(1)));
+        }
+        assert!(scheduler.assign().is_empty(), "not yet a quarter of room");
+        scheduler.answered(0, Some(Duration::from_micros(1)));
+        assert_eq!(
+            scheduler.assign().len(),
+            quarter as usize,
+            "one step of a quarter"
+        );
+        // Shallow pipelines (1 ms tasks: depth 6) are topped up one task at a time.
+        let mut shallow = Scheduler::default();
+        shallow.open(0);
+        shallow.answered(0, Some(Duration::from_millis(1)));
+        for _ in 0..10 {
+            shallow.submit(task(Constraints::default()));
+        }
+        assert_eq!(shallow.assign().len(), 6);
+        shallow.answered(0, Some(Duration::from_millis(1)));
+        assert_eq!(shallow.assign().len(), 1);
     }
 
     #[test]

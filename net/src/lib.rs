@@ -398,51 +398,71 @@ async fn pump_out<S: SocketSend>(
 
 type Outgoing = Vec<(&'static str, Vec<Bytes>)>;
 
-/// The ZeroMQ messages for `messages`, in order: each alone, except that consecutive small ones
-/// to the same peer, when it is one of `peers`, go as one pack. Each comes with a message type
-/// for logs.
+/// The ZeroMQ messages for `messages`: each alone, except that the small ones to a peer in
+/// `peers` go as packs (up to the pack limits). Each peer gets its messages in the order they
+/// came; messages to different peers are not ordered (ZeroMQ delivers to each peer on its own),
+/// so tasks handed out to several engines in turn still reach each engine as one pack. Each
+/// comes with a message type for logs.
 fn outgoing(
     session: &Session,
     messages: impl Iterator<Item = Message>,
     peers: Option<&PackPeers>,
 ) -> Outgoing {
-    fn flush(session: &Session, run: &mut Vec<Message>, out: &mut Outgoing) {
-        match run.len() {
+    /// Small messages waiting to go to one peer as a pack, and their size.
+    struct Run {
+        messages: Vec<Message>,
+        bytes: usize,
+    }
+    fn flush(session: &Session, run: &mut Run, out: &mut Outgoing) {
+        match run.messages.len() {
             0 => {}
             1 => out.extend(
-                run.pop()
+                run.messages
+                    .pop()
                     .map(|message| ("message", session.encode(&message))),
             ),
             _ => out.push((
                 "pack",
-                pack::pack(session.signer(), &run[0].identities, run),
+                pack::pack(session.signer(), &run.messages[0].identities, &run.messages),
             )),
         }
-        run.clear();
+        run.messages.clear();
+        run.bytes = 0;
     }
     let mut out = Vec::new();
-    let mut run: Vec<Message> = Vec::new();
-    let mut run_bytes = 0;
+    // One run per peer, in the order the peers first came (a handful of peers at a time).
+    let mut runs: Vec<(Vec<Bytes>, Run)> = Vec::new();
     for message in messages {
         let size = pack::size(&message);
         let takes_packs = peers.is_some_and(|peers| peers.accepts(&message.identities));
+        let at = runs
+            .iter()
+            .position(|(identities, _)| *identities == message.identities);
         if !takes_packs || size > PACK_MESSAGE_LIMIT {
-            flush(session, &mut run, &mut out);
+            if let Some(at) = at {
+                flush(session, &mut runs[at].1, &mut out);
+            }
             out.push(("message", session.encode(&message)));
             continue;
         }
-        if run.first().is_some_and(|first| {
-            first.identities != message.identities
-                || run.len() == PACK_COUNT_LIMIT
-                || run_bytes >= PACK_BYTES_LIMIT
-        }) {
-            flush(session, &mut run, &mut out);
-            run_bytes = 0;
+        let at = at.unwrap_or_else(|| {
+            let run = Run {
+                messages: Vec::new(),
+                bytes: 0,
+            };
+            runs.push((message.identities.clone(), run));
+            runs.len() - 1
+        });
+        let run = &mut runs[at].1;
+        if run.messages.len() == PACK_COUNT_LIMIT || run.bytes >= PACK_BYTES_LIMIT {
+            flush(session, run, &mut out);
         }
-        run.push(message);
-        run_bytes += size;
+        run.bytes += size;
+        run.messages.push(message);
     }
-    flush(session, &mut run, &mut out);
+    for (_, run) in &mut runs {
+        flush(session, run, &mut out);
+    }
     out
 }
 
@@ -450,6 +470,7 @@ fn outgoing(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::HashMap;
 
     fn numbered(session: &Session, i: usize, size: usize) -> Message {
         session
@@ -463,19 +484,22 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_small_messages_to_one_peer_are_packed() {
+    fn small_messages_to_each_peer_are_packed_in_order() {
         let session = Session::new(b"key", "test");
         let to = |peer: &'static [u8], i: usize, size: usize| {
             let mut message = numbered(&session, i, size);
             message.identities = vec![Bytes::from_static(peer)];
             message
         };
+        // Handed out in turn, as tasks to two engines are.
         let burst = vec![
             to(b"a", 0, 10),
-            to(b"a", 1, 10),
-            to(b"b", 2, 10),
-            to(b"b", 3, 100_000),
-            to(b"b", 4, 10),
+            to(b"b", 1, 10),
+            to(b"a", 2, 10),
+            to(b"b", 3, 10),
+            to(b"b", 4, 100_000),
+            to(b"a", 5, 10),
+            to(b"b", 6, 10),
         ];
         let peers = PackPeers::default();
         let plain = outgoing(&session, burst.clone().into_iter(), Some(&peers));
@@ -483,23 +507,31 @@ mod tests {
             plain.iter().all(|(kind, _)| *kind == "message"),
             "nothing is packed for a peer that did not ask"
         );
+        assert_eq!(plain.len(), burst.len());
         peers.allow(&[Bytes::from_static(b"a")]);
         peers.allow(&[Bytes::from_static(b"b")]);
         let sent = outgoing(&session, burst.into_iter(), Some(&peers));
         let kinds: Vec<&str> = sent.iter().map(|(kind, _)| *kind).collect();
-        assert_eq!(kinds, ["pack", "message", "message", "message"]);
+        // b's small ones go before its large one, as one pack; a's three as one pack; b's last.
+        assert_eq!(kinds, ["pack", "message", "pack", "message"]);
+        let mut by_peer: HashMap<Vec<Bytes>, Vec<u64>> = HashMap::new();
         let mut received = Vec::new();
         for (_, frames) in sent {
-            received.extend(decode(&session, &LinkStats::new("test"), frames));
+            for message in decode(&session, &LinkStats::new("test"), frames) {
+                by_peer
+                    .entry(message.identities.clone())
+                    .or_default()
+                    .push(number(&message));
+                received.push(message);
+            }
         }
-        let numbers: Vec<u64> = received.iter().map(number).collect();
+        assert_eq!(by_peer[&vec![Bytes::from_static(b"a")]], [0, 2, 5]);
         assert_eq!(
-            numbers,
-            [0, 1, 2, 3, 4],
-            "every message arrives once, in order"
+            by_peer[&vec![Bytes::from_static(b"b")]],
+            [1, 3, 4, 6],
+            "each peer gets its messages once, in order"
         );
-        assert_eq!(received[1].identities, [Bytes::from_static(b"a")]);
-        assert_eq!(received[3].buffers[0].len(), 100_000);
+        assert!(received.iter().any(|m| m.buffers[0].len() == 100_000));
 
         // A long burst is cut into packs of a bounded size.
         let many = (0..100).map(|i| to(b"a", i, 40_000));

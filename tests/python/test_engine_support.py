@@ -86,6 +86,16 @@ class Controller:
     def apply(self, f: Any, *args: Any, **kwargs: Any) -> str:
         return self.send("apply_request", {}, {"engine": 0}, serialize_call(f, args, kwargs))
 
+    def first_of(self, msg_id: str, timeout: float = REPLY_TIMEOUT) -> Message:
+        """The next message parented to request msg_id (other messages are kept)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg in self.inbox:
+                if msg.parent_id == msg_id:
+                    self.inbox.remove(msg)
+                    return msg
+            self.inbox.append(self.receive(max(0.01, deadline - time.monotonic())))
+
     def outcome(self, msg_id: str, timeout: float = REPLY_TIMEOUT) -> tuple[list[Message], Message]:
         """The stream messages and the apply_reply of request msg_id (other messages are kept)."""
         deadline = time.monotonic() + timeout
@@ -278,7 +288,7 @@ def test_interrupt_stops_a_running_task(kernel: tuple[KernelManager, Any], contr
         "import time\ndef sleeper():\n    print('started', flush=True)\n    time.sleep(30)\n", "sleeper"
     )
     msg_id = controller.apply(sleeper)
-    started = controller.receive()
+    started = controller.first_of(msg_id)
     assert started.msg_type == "stream" and started.content["text"] == "started\n"
     began = time.monotonic()
     km.interrupt_kernel()
@@ -322,7 +332,7 @@ def test_bad_messages_are_dropped_and_unknown_requests_answered(controller: Cont
     controller.router.send_multipart([controller.identity, *frames])
     controller.router.send_multipart([controller.identity, DELIMITER, b"garbage"])
     unknown = controller.send("frobnicate_request", {})
-    reply = controller.receive()
+    reply = controller.first_of(unknown)
     assert reply.msg_type == "frobnicate_reply" and reply.parent_id == unknown
     assert reply.content["status"] == "error"
     assert controller.result(controller.apply(abs, -7)) == 7
