@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 FLUSH_EVERY = 0.1  # seconds
 FD_DRAIN_TIMEOUT = 1.0  # seconds to wait for a cell's descriptor output to come through
 _SIGINT = int(signal.SIGINT)
+_MISSING = object()
 
 
 class _Flusher:
@@ -219,6 +220,8 @@ def run_cell(support: EngineSupport, request: Message) -> None:
         (display_pub, "clear_output", clear_output),
         (shell, "_showtraceback", show_traceback),
     ]
+    # The batch's own overrides (see EngineSupport._capture_displays) come back afterwards.
+    saved = [(target, name, target.__dict__.get(name, _MISSING)) for target, name, _ in overrides]
     saved_streams = sys.stdout, sys.stderr
     support.stdout.begin(request, sys.__stdout__ if sys.stdout is None else sys.stdout)
     support.stderr.begin(request, sys.__stderr__ if sys.stderr is None else sys.stderr)
@@ -246,8 +249,11 @@ def run_cell(support: EngineSupport, request: Message) -> None:
         sys.stdout, sys.stderr = saved_streams
         if saved_handler is not None:
             _signal.signal(_SIGINT, saved_handler)
-        for target, name, _ in overrides:
-            target.__dict__.pop(name, None)
+        for target, name, value in saved:
+            if value is _MISSING:
+                target.__dict__.pop(name, None)
+            else:
+                setattr(target, name, value)
         support.stdout.flush()
         support.stderr.flush()
     count = shell.execution_count - 1 if store_history else shell.execution_count

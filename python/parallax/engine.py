@@ -19,8 +19,10 @@ Each `apply_request` is queued and handed to the kernel's running asyncio loop w
 run in one loop callback, one after another, for at most `TIME_SLICE` seconds before the
 callback reschedules itself, so the kernel's own shell messages are not starved. While a task
 runs, sys.stdout / sys.stderr are swapped for writers that send `stream` messages parented to
-the request (flushed before its reply). Tracebacks keep only the user's frames. An
-`abort_request` drops queued tasks that have not started; each gets an `aborted` reply.
+the request (flushed before its reply), and the kernel's display publisher sends its
+`display()`s as `display_data` of the request. SIGINT interrupts the task's own code only.
+Tracebacks keep only the user's frames. An `abort_request` drops queued tasks that have not
+started; each gets an `aborted` reply.
 Anything that goes wrong in the support itself becomes an error reply, never a dead thread.
 
 Large buffers may come and go through shared memory (`_shm`): the IO thread maps (and unlinks)
@@ -45,7 +47,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -66,6 +68,7 @@ STREAM_FLUSH_SIZE = 64 * 1024  # characters buffered before output is sent anywa
 PARTIAL_LINE_WAIT = 0.5  # seconds a running cell's unfinished line waits for its newline
 _SIGINT = int(signal.SIGINT)
 _OK = {"status": "ok"}  # the content of every successful apply_reply (never changed)
+_MISSING = object()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 _support: EngineSupport | None = None
@@ -169,6 +172,11 @@ class _TaskStream(io.TextIOBase):
         self._parts = []
         self._size = 0
         self._last_flush = time.monotonic()
+
+    @property
+    def request(self) -> Message | None:
+        """The request whose output this stream takes (the last one begun)."""
+        return self._request
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -364,6 +372,7 @@ class EngineSupport:
         deadline = time.monotonic() + TIME_SLICE
         on_main_thread = threading.current_thread() is threading.main_thread()
         saved_handler = _signal.signal(_SIGINT, self._on_sigint) if on_main_thread else None
+        restore_displays = self._capture_displays()
         try:
             while True:
                 with self.lock:
@@ -377,6 +386,7 @@ class EngineSupport:
         except BaseException:  # e.g. an interrupted cell's late KeyboardInterrupt: keep serving
             log.debug("interrupted between tasks", exc_info=True)
         finally:
+            restore_displays()
             if saved_handler is not None:
                 _signal.signal(_SIGINT, saved_handler)
         with self.lock:
@@ -392,6 +402,48 @@ class EngineSupport:
         tasks rather than per task: a handler swap is two system calls."""
         if self.in_task:
             raise KeyboardInterrupt
+
+    def _capture_displays(self) -> Callable[[], None]:
+        """Points the kernel's display publisher at the task that runs, for a batch of tasks:
+        `display()` and `clear_output()` in a task become `display_data` / `clear_output`
+        messages of that task (as its prints become `stream`s), and go to the kernel's own
+        publisher when no task runs. Returns what undoes it."""
+        publisher = getattr(self.shell, "display_pub", None)
+        if publisher is None:
+            return lambda: None
+        kernel_publish, kernel_clear = publisher.publish, publisher.clear_output
+        saved = {name: publisher.__dict__.get(name, _MISSING) for name in ("publish", "clear_output")}
+
+        def publish(*args: Any, **kwargs: Any) -> None:
+            request = self.stdout.request
+            if not self.in_task or request is None:
+                return kernel_publish(*args, **kwargs)
+            given = dict(zip(("data", "metadata"), args), **kwargs)
+            self.stdout.flush()
+            self.stderr.flush()
+            body = {"data": given.get("data") or {}, "metadata": given.get("metadata") or {},
+                    "transient": given.get("transient") or {}}
+            self.send_to_controller("update_display_data" if given.get("update") else "display_data", body, request)
+            return None
+
+        def clear_output(wait: bool = False) -> None:
+            request = self.stdout.request
+            if not self.in_task or request is None:
+                return kernel_clear(wait)
+            self.stdout.flush()
+            self.send_to_controller("clear_output", {"wait": bool(wait)}, request)
+            return None
+
+        publisher.publish, publisher.clear_output = publish, clear_output
+
+        def restore() -> None:
+            for name, value in saved.items():
+                if value is _MISSING:
+                    publisher.__dict__.pop(name, None)
+                else:
+                    setattr(publisher, name, value)
+
+        return restore
 
     def _namespace(self) -> dict[str, Any]:
         """The user namespace (looked up per task: `%reset` or a new shell may replace it)."""

@@ -324,6 +324,38 @@ def test_metadata_of_one_task(rc: Any) -> None:
     assert md.engine_id == 1  # metadata fields are attributes too
 
 
+@interactive
+def shows(x: Any) -> Any:
+    from IPython.display import HTML, display
+
+    display({"text/plain": f"shown {x}"}, raw=True)
+    print("printed", x)
+    display(HTML(f"<b>{x}</b>"))
+    return x
+
+
+def test_displays_in_a_task_are_its_outputs(rc: Any) -> None:
+    """`display()` inside a task: each display is one of the task's outputs (its content), on a
+    direct view and a load-balanced one, and the kernel's own output is left alone."""
+    expected = [
+        {"data": {"text/plain": "shown {x}"}, "metadata": {}, "transient": {}},
+        {"data": {"text/plain": "<IPython.core.display.HTML object>", "text/html": "<b>{x}</b>"},
+         "metadata": {}, "transient": {}},
+    ]
+    for x, view in ((1, rc[0]), (2, rc.load_balanced_view())):
+        ar = view.apply_async(shows, x)
+        assert ar.get(T) == x
+        outputs = ar.metadata["outputs"]
+        assert [o["data"] for o in outputs] == [
+            {key: value.format(x=x) for key, value in e["data"].items()} for e in expected
+        ]
+        assert all(o["metadata"] == {} for o in outputs)
+        assert ar.metadata["stdout"] == f"printed {x}\n"
+    # A task that displays nothing has no outputs, though one before it did.
+    quiet = rc[0].apply_async(mul, 2, 3)
+    assert quiet.get(T) == 6 and quiet.metadata["outputs"] == []
+
+
 def test_stdout_is_captured_per_task(rc: Any) -> None:
     """Two tasks in a row on one engine: each record holds only what its own task printed."""
     view = rc[0]
