@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._wire import Message, iso_now
 
@@ -160,6 +160,31 @@ def _flusher(support: EngineSupport) -> _Flusher:
     return flusher
 
 
+def override(changes: list[tuple[Any, str, Any]]) -> Callable[[], None]:
+    """Sets each `target.name = value` as an instance attribute; returns what puts back what each
+    target had of its own before (nothing, or an earlier override: a cell run by the support
+    inside a batch of tasks gives the batch its display publisher back)."""
+    saved = [(target, name, target.__dict__.get(name, _MISSING)) for target, name, _ in changes]
+    for target, name, value in changes:
+        setattr(target, name, value)
+
+    def restore() -> None:
+        for target, name, value in saved:
+            if value is _MISSING:
+                target.__dict__.pop(name, None)
+            else:
+                setattr(target, name, value)
+
+    return restore
+
+
+def display_message(data: Any, metadata: Any = None, transient: Any = None, update: bool = False
+                    ) -> tuple[str, dict[str, Any]]:
+    """The msg_type and content of what a display publisher publishes."""
+    body = {"data": data, "metadata": metadata or {}, "transient": transient or {}}
+    return "update_display_data" if update else "display_data", body
+
+
 def run_cell(support: EngineSupport, request: Message) -> None:
     """Run one execute_request's code in the kernel's shell and send its outputs and reply."""
     shell = support.shell
@@ -196,8 +221,7 @@ def run_cell(support: EngineSupport, request: Message) -> None:
                 update: bool = False, **_: Any) -> None:
         support.stdout.flush()
         support.stderr.flush()
-        body = {"data": data, "metadata": metadata or {}, "transient": transient or {}}
-        send("update_display_data" if update else "display_data", body)
+        send(*display_message(data, metadata, transient, update))
 
     def clear_output(wait: bool = False) -> None:
         support.stdout.flush()
@@ -220,8 +244,7 @@ def run_cell(support: EngineSupport, request: Message) -> None:
         (display_pub, "clear_output", clear_output),
         (shell, "_showtraceback", show_traceback),
     ]
-    # The batch's own overrides (see EngineSupport._capture_displays) come back afterwards.
-    saved = [(target, name, target.__dict__.get(name, _MISSING)) for target, name, _ in overrides]
+    restore_overrides: Callable[[], None] = lambda: None
     saved_streams = sys.stdout, sys.stderr
     support.stdout.begin(request, sys.__stdout__ if sys.stdout is None else sys.stdout)
     support.stderr.begin(request, sys.__stderr__ if sys.stderr is None else sys.stderr)
@@ -237,8 +260,7 @@ def run_cell(support: EngineSupport, request: Message) -> None:
     try:
         for capture in captures:
             capture.start()
-        for target, name, replacement in overrides:
-            setattr(target, name, replacement)
+        restore_overrides = override(overrides)
         sys.stdout, sys.stderr = support.stdout, support.stderr
         flusher.running.set()
         result = shell.run_cell(code, store_history=store_history, silent=silent)
@@ -249,11 +271,7 @@ def run_cell(support: EngineSupport, request: Message) -> None:
         sys.stdout, sys.stderr = saved_streams
         if saved_handler is not None:
             _signal.signal(_SIGINT, saved_handler)
-        for target, name, value in saved:
-            if value is _MISSING:
-                target.__dict__.pop(name, None)
-            else:
-                setattr(target, name, value)
+        restore_overrides()
         support.stdout.flush()
         support.stderr.flush()
     count = shell.execution_count - 1 if store_history else shell.execution_count

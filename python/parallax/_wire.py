@@ -398,13 +398,10 @@ def _size(item: Draft | list[Any]) -> int:
     """Bytes in an item's frames (a draft's buffers), or more than the pack limit for a frame of
     unknown size."""
     frames = item[4] if type(item) is tuple else item
-    total = 0
-    for frame in frames:
-        try:
-            total += len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
-        except TypeError:
-            return PACK_MESSAGE_LIMIT + 1
-    return total
+    try:
+        return sum(_nbytes(frame) for frame in frames)
+    except TypeError:
+        return PACK_MESSAGE_LIMIT + 1
 
 
 def _as_bytes_if_short(frame: Frame) -> bytes | None:

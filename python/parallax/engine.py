@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 import zmq
 
-from ._cell import run_cell
+from ._cell import display_message, override, run_cell
 from . import _shm
 from ._remote import _shell
 from ._wire import PACK_VERSION, Message, Session, iso_now
@@ -68,7 +68,6 @@ STREAM_FLUSH_SIZE = 64 * 1024  # characters buffered before output is sent anywa
 PARTIAL_LINE_WAIT = 0.5  # seconds a running cell's unfinished line waits for its newline
 _SIGINT = int(signal.SIGINT)
 _OK = {"status": "ok"}  # the content of every successful apply_reply (never changed)
-_MISSING = object()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 _support: EngineSupport | None = None
@@ -412,7 +411,6 @@ class EngineSupport:
         if publisher is None:
             return lambda: None
         kernel_publish, kernel_clear = publisher.publish, publisher.clear_output
-        saved = {name: publisher.__dict__.get(name, _MISSING) for name in ("publish", "clear_output")}
 
         def publish(*args: Any, **kwargs: Any) -> None:
             request = self.stdout.request
@@ -421,9 +419,9 @@ class EngineSupport:
             given = dict(zip(("data", "metadata"), args), **kwargs)
             self.stdout.flush()
             self.stderr.flush()
-            body = {"data": given.get("data") or {}, "metadata": given.get("metadata") or {},
-                    "transient": given.get("transient") or {}}
-            self.send_to_controller("update_display_data" if given.get("update") else "display_data", body, request)
+            msg_type, body = display_message(given.get("data") or {}, given.get("metadata"), given.get("transient"),
+                                             bool(given.get("update")))
+            self.send_to_controller(msg_type, body, request)
             return None
 
         def clear_output(wait: bool = False) -> None:
@@ -434,16 +432,7 @@ class EngineSupport:
             self.send_to_controller("clear_output", {"wait": bool(wait)}, request)
             return None
 
-        publisher.publish, publisher.clear_output = publish, clear_output
-
-        def restore() -> None:
-            for name, value in saved.items():
-                if value is _MISSING:
-                    publisher.__dict__.pop(name, None)
-                else:
-                    setattr(publisher, name, value)
-
-        return restore
+        return override([(publisher, "publish", publish), (publisher, "clear_output", clear_output)])
 
     def _namespace(self) -> dict[str, Any]:
         """The user namespace (looked up per task: `%reset` or a new shell may replace it)."""
