@@ -38,6 +38,8 @@ check "cargo nextest" cargo nextest run --workspace --locked
 check "pytest tests/python" .venv/bin/python -m pytest tests/python -n 2 --dist loadgroup ${PYTEST_ARGS:-}
 
 if ((${#failed[@]})); then
+    # What shared memory the machine had, for failures that depend on it.
+    echo "==> /dev/shm: $(df -h --output=size,avail /dev/shm 2>/dev/null | tail -n 1 || echo unknown)"
     echo "==> FAILED: ${failed[*]}"
     exit 1
 fi

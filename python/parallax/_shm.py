@@ -65,6 +65,7 @@ import threading
 from typing import Any, Iterable
 
 log = logging.getLogger("parallax.shm")
+_fallback_logged = False
 
 SHM_DIR = "/dev/shm"
 # Smaller buffers go as frames: each segment costs a dozen system calls and a mapping of its own
@@ -229,6 +230,16 @@ class Outgoing:
         self.frames = frames
         self._files: dict[int, tuple[int, int]] | None = None  # frame index → (fd, size)
         self._unavailable = False
+        self.fallback: str | None = None  # why the large buffers travel as frames, if they do
+
+    def _fall_back(self, reason: str) -> None:
+        """Note that this message's large buffers travel as frames, and why (logged once per
+        process: the transfer still works, only slower)."""
+        self.fallback = reason
+        global _fallback_logged
+        if not _fallback_logged:
+            _fallback_logged = True
+            log.warning("large buffers travel through the controller instead of shared memory: %s", reason)
 
     def _large(self) -> dict[int, memoryview]:
         views = {}
@@ -247,7 +258,9 @@ class Outgoing:
             return files
         total = sum(view.nbytes for view in large.values())
         space = os.statvfs(SHM_DIR)
-        if space.f_bavail * space.f_frsize < total:
+        free = space.f_bavail * space.f_frsize
+        if free < total:
+            self._fall_back(f"{SHM_DIR} has {free} bytes free, {total} needed")
             return files
         try:
             for index, view in large.items():
@@ -270,8 +283,9 @@ class Outgoing:
         if self._files is None:
             try:
                 self._files = self._write()
-            except OSError:
+            except OSError as exc:
                 self._unavailable = True
+                self._fall_back(f"cannot write to {SHM_DIR}: {exc}")
                 return self.frames, []
         if not self._files:
             return self.frames, []
@@ -287,8 +301,9 @@ class Outgoing:
                     descriptors[index] = {"name": name, "size": size}
             finally:
                 os.close(directory)
-        except OSError:
+        except OSError as exc:
             unlink(d["name"] for d in descriptors.values())
+            self._fall_back(f"cannot name a segment in {SHM_DIR}: {exc}")
             return self.frames, []
         return encode(self.frames, descriptors), [d["name"] for d in descriptors.values()]
 

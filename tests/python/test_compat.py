@@ -344,7 +344,7 @@ def test_displays_in_a_task_are_its_outputs(rc: Any) -> None:
     ]
     for x, view in ((1, rc[0]), (2, rc.load_balanced_view())):
         ar = view.apply_async(shows, x)
-        assert ar.get(T) == x
+        assert with_output(ar) == x
         outputs = ar.metadata["outputs"]
         assert [o["data"] for o in outputs] == [
             {key: value.format(x=x) for key, value in e["data"].items()} for e in expected
@@ -353,7 +353,7 @@ def test_displays_in_a_task_are_its_outputs(rc: Any) -> None:
         assert ar.metadata["stdout"] == f"printed {x}\n"
     # A task that displays nothing has no outputs, though one before it did.
     quiet = rc[0].apply_async(mul, 2, 3)
-    assert quiet.get(T) == 6 and quiet.metadata["outputs"] == []
+    assert with_output(quiet) == 6 and quiet.metadata["outputs"] == []
 
 
 def test_stdout_is_captured_per_task(rc: Any) -> None:

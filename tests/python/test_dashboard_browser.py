@@ -34,6 +34,9 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Shared memory in /tmp, not /dev/shm: a container's /dev/shm may be small, and parallax's
+    # own tests on the other worker use it.
+    "--disable-dev-shm-usage",
 ]
 STEP_TIMEOUT_MS = 60_000
 
