@@ -28,6 +28,7 @@ use parallax_wire::profile::{ControllerFile, Profile, ProfileError};
 use parallax_wire::Session;
 
 mod db;
+mod deps;
 mod files;
 mod hub;
 mod query;

@@ -14,7 +14,7 @@ with `import parallax as ipp`:
 
 Layout: `_wire` (signing and framing, no I/O), `_zmqio` (the IO threads' socket plumbing),
 `serialize` (pickling calls and results), `client` (with `_database`, the task-database
-methods), `view`, `asyncresult`, `error`, `cluster`, `engine`, and the helpers `_partition` (how
+methods), `view`, `asyncresult`, `dependency`, `error`, `cluster`, `engine`, and the helpers `_partition` (how
 sequences are cut), `_remote` (functions run on engines), `_display`, `_progress`, `_magics`.
 """
 
@@ -26,9 +26,12 @@ from ._remote import interactive, require  # noqa: E402
 from .asyncresult import AsyncHubResult, AsyncMapResult, AsyncResult  # noqa: E402
 from .client import Client  # noqa: E402
 from .cluster import Cluster  # noqa: E402
+from .dependency import Dependency  # noqa: E402
 from .error import (  # noqa: E402
     CompositeError,
     EngineError,
+    ImpossibleDependency,
+    InvalidDependency,
     IPythonError,
     KernelError,
     NoClusterError,
@@ -37,6 +40,7 @@ from .error import (  # noqa: E402
     TaskAborted,
     TaskTimeout,
     TimeoutError,
+    UnmetDependency,
 )
 from .serialize import Reference  # noqa: E402
 from .view import DirectView, LoadBalancedView, ParallelFunction, RemoteFunction, View, parallel, remote  # noqa: E402
@@ -52,9 +56,12 @@ __all__ = [
     "Client",
     "Cluster",
     "CompositeError",
+    "Dependency",
     "DirectView",
     "EngineError",
     "IPythonError",
+    "ImpossibleDependency",
+    "InvalidDependency",
     "KernelError",
     "LoadBalancedView",
     "NoClusterError",
@@ -66,6 +73,7 @@ __all__ = [
     "TaskAborted",
     "TaskTimeout",
     "TimeoutError",
+    "UnmetDependency",
     "View",
     "interactive",
     "parallel",

@@ -6,8 +6,9 @@
 - `CompositeError`: several tasks of one call failed (`str`: `one or more exceptions raised in:
   f` plus a line per failure).
 - Failures made by the controller rather than by user code (an engine died, a load-balanced task
-  timed out or was aborted) arrive as replies with ename `EngineError`, `TaskTimeout`,
-  `TaskAborted` or `NoEngines`. They become RemoteErrors that are also instances of the matching
+  timed out or was aborted, its dependencies cannot be met) arrive as replies with ename
+  `EngineError`, `TaskTimeout`, `TaskAborted`, `NoEngines`, `ImpossibleDependency` or
+  `InvalidDependency`. They become RemoteErrors that are also instances of the matching
   class here, so both `except RemoteError` and `except EngineError` catch them, and several of
   them are collected into a CompositeError like any other remote failure.
 - `NoClusterError`: no controller to connect to; it says how to start one.
@@ -49,11 +50,19 @@ class TaskAborted(KernelError):
 
 
 class TaskTimeout(KernelError):
-    """A load-balanced task waited for an engine longer than its `timeout`."""
+    """A load-balanced task waited for its dependencies or an engine longer than its `timeout`."""
 
 
 class UnmetDependency(KernelError):
     pass
+
+
+class ImpossibleDependency(UnmetDependency):
+    """A load-balanced task's dependencies (`after` / `follow`) can never be met."""
+
+
+class InvalidDependency(ImpossibleDependency):
+    """A load-balanced task depends on itself or on tasks the controller does not know."""
 
 
 class NoClusterError(OSError):
@@ -122,6 +131,14 @@ class RemoteTaskAborted(_ControllerFailure, TaskAborted):
     """The task was aborted before it started."""
 
 
+class RemoteImpossibleDependency(_ControllerFailure, ImpossibleDependency):
+    """The task's dependencies can never be met, so it never ran."""
+
+
+class RemoteInvalidDependency(_ControllerFailure, InvalidDependency):
+    """The task names dependencies the controller does not know, so it never ran."""
+
+
 class RemoteNoEngines(_ControllerFailure, NoEnginesRegistered):
     """No engine can take the task, and none is coming."""
 
@@ -134,6 +151,8 @@ _CONTROLLER_FAILURES: dict[str, type[RemoteError]] = {
     "TaskTimeout": RemoteTaskTimeout,
     "TaskAborted": RemoteTaskAborted,
     "NoEngines": RemoteNoEngines,
+    "ImpossibleDependency": RemoteImpossibleDependency,
+    "InvalidDependency": RemoteInvalidDependency,
 }
 
 
@@ -229,6 +248,8 @@ __all__ = [
     "TaskAborted",
     "TaskTimeout",
     "UnmetDependency",
+    "ImpossibleDependency",
+    "InvalidDependency",
     "NoClusterError",
     "TimeoutError",
     "RemoteError",

@@ -4,7 +4,8 @@
   (one request per engine); also data movement (`push`, `pull`, `scatter`, `gather`,
   `view['x']`), `execute` and `run` of code, `sync_imports`.
 - `LoadBalancedView` (`rc.load_balanced_view()`): each call runs once, on whichever engine the
-  controller's scheduler picks; `retries` and `timeout` travel in the request's metadata.
+  controller's scheduler picks; `retries`, `timeout` and the dependencies `after` / `follow`
+  travel in the request's metadata.
 
 `map` on a DirectView sends one task per engine (contiguous partitions, as `scatter` cuts them);
 on a LoadBalancedView it sends chunks of `chunksize` items (chosen automatically when not given,
@@ -25,6 +26,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import _partition, _remote
+from . import dependency as _dependency
 from .asyncresult import AsyncMapResult, AsyncResult, Task, _completion_lock, _composite, getname
 from .serialize import serialize_call
 
@@ -390,8 +392,8 @@ class LoadBalancedView(View):
 
     def set_flags(self, **flags: Any) -> LoadBalancedView:
         for name in ("follow", "after"):
-            if flags.get(name):
-                raise NotImplementedError(f"task dependencies ({name}=...) are not supported by Parallax")
+            if name in flags:
+                _dependency.render(flags[name])  # raises ValueError before any flag is set
         if "timeout" in flags:
             timeout = flags["timeout"]
             if not isinstance(timeout, (int, float, type(None))):
@@ -403,23 +405,28 @@ class LoadBalancedView(View):
         super().set_flags(**flags)
         return self
 
-    def _routing(self, targets: Any = None, retries: int | None = None, timeout: float | None = None) -> dict[str, Any]:
+    def _routing(self, targets: Any = None, retries: int | None = None, timeout: float | None = None,
+                 after: Any = None, follow: Any = None) -> dict[str, Any]:
         targets = self.targets if targets is None else targets
         retries = self.retries if retries is None else retries
         timeout = self.timeout if timeout is None else timeout
         ids = None if targets is None else self.client._build_targets(targets)
         timeout = float(timeout) if timeout and math.isfinite(timeout) else None  # inf: no timeout
-        return {"balanced": True, "targets": ids, "retries": int(retries), "timeout": timeout}
+        routing = {"balanced": True, "targets": ids, "retries": int(retries), "timeout": timeout}
+        for name, dependency in (("after", self.after if after is None else after),
+                                 ("follow", self.follow if follow is None else follow)):
+            rendered = _dependency.render(dependency)
+            if rendered is not None:
+                routing[name] = rendered
+        return routing
 
     def _really_apply(self, f: Callable[..., Any], args: tuple = (), kwargs: dict | None = None,
                       block: bool | None = None, track: bool | None = None, after: Any = None,
                       follow: Any = None, timeout: float | None = None, targets: Any = None,
                       retries: int | None = None, label: Any = None) -> Any:
-        if after or follow:
-            raise NotImplementedError("task dependencies (after/follow) are not supported by Parallax")
         block = self.block if block is None else block
         label = self.label if label is None else label
-        routing = self._routing(targets, retries, timeout)
+        routing = self._routing(targets, retries, timeout, after, follow)
         task = self.client._submit_apply(serialize_call(f, args, kwargs), routing, label=label)
         return self._finish(AsyncResult(self.client, task, fname=getname(f)), block)
 

@@ -43,11 +43,15 @@ def parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def kill_engine(rc: Any, engine_id: int) -> None:
-    """SIGKILL engine `engine_id`'s kernel and its engine process, as a crashed host would."""
+def engine_pids(rc: Any, engine_id: int) -> tuple[int, int]:
+    """(engine process, kernel) of engine `engine_id`."""
     kernel = rc[engine_id].apply_sync(os.getpid)
-    engine = parent_of(kernel)
-    for pid in (engine, kernel):
+    return parent_of(kernel), kernel
+
+
+def kill_engine(rc: Any, engine_id: int, pids: tuple[int, int] | None = None) -> None:
+    """SIGKILL engine `engine_id`'s kernel and its engine process, as a crashed host would."""
+    for pid in pids or engine_pids(rc, engine_id):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -96,3 +100,40 @@ def test_without_retries_lost_tasks_name_the_dead_engine(rc: Any) -> None:
         amr.get(timeout=1)
     assert len(composite.value.elist) == len(lost)
     assert all(ename == "EngineError" for ename, *_ in composite.value.elist)
+
+
+def test_tasks_that_depend_on_a_dead_engine_fail_and_the_others_run(rc: Any) -> None:
+    """Dependencies and a killed engine: a task that follows a task its engine was running when
+    it died can never run (ImpossibleDependency); one that follows a task the dead engine had
+    finished has nowhere to run (EngineError); one waiting `after` a task that is aborted fails
+    with ImpossibleDependency; a waiting task can be aborted itself. Nothing hangs."""
+    import parallax
+
+    lview = rc.load_balanced_view()
+    on_1 = rc.load_balanced_view(targets=[1])
+    done_on_1 = on_1.apply_async(square_slowly, 2)
+    assert done_on_1.get(timeout=DEADLINE) == 4
+    pids = engine_pids(rc, 1)
+    running_on_1 = on_1.apply_async(time.sleep, 30)
+    with lview.temp_flags(follow=running_on_1):
+        follows_running = lview.apply_async(square_slowly, 3)
+    kill_engine(rc, 1, pids)
+    with pytest.raises(parallax.ImpossibleDependency) as impossible:
+        follows_running.get(timeout=DEADLINE)
+    assert isinstance(impossible.value, parallax.RemoteError)
+    assert "task " + running_on_1.msg_ids[0] + " failed" in str(impossible.value)
+    with pytest.raises(parallax.EngineError, match="no engine this task may run on is alive"):
+        lview.set_flags(follow=done_on_1).apply_async(square_slowly, 4).get(timeout=DEADLINE)
+    lview.set_flags(follow=None)
+    # A task waiting for its dependencies can be aborted, and that fails the tasks waiting on it.
+    gate = lview.apply_async(square_slowly, 8)
+    with lview.temp_flags(after=gate):
+        waiting = lview.apply_async(square_slowly, 5)
+    with lview.temp_flags(after=waiting):
+        waiting_too = lview.apply_async(square_slowly, 6)
+    waiting.abort()
+    with pytest.raises(parallax.TaskAborted):
+        waiting.get(timeout=DEADLINE)
+    with pytest.raises(parallax.ImpossibleDependency):
+        waiting_too.get(timeout=DEADLINE)
+    assert gate.get(timeout=DEADLINE) == 64

@@ -443,6 +443,107 @@ def test_load_balanced_map_unordered_yields_in_arrival_order(rc: Any) -> None:
     assert list(lview.imap(slow_when_zero, range(4))) == [0, 1, 2, 3]
 
 
+# === task dependencies ============================================================================
+
+
+def remote_failure(ipp: Compat, ar: Any) -> Any:
+    """The RemoteError that `ar.get()` raises (ipyparallel: a plain RemoteError naming the
+    controller's error in `ename`)."""
+    with pytest.raises(ipp.mod.RemoteError) as caught:
+        ar.get(T)
+    return caught.value
+
+
+def test_dependency_objects(ipp: Compat) -> None:
+    dependency = ipp.mod.Dependency(["a", "b"])
+    assert (dependency.all, dependency.success, dependency.failure) == (True, True, False)
+    assert dependency.check({"a", "b", "c"}) and not dependency.check({"a"})
+    assert dependency.unreachable(set(), {"b"}) and not dependency.unreachable({"a"}, set())
+    anyone = ipp.mod.Dependency("a", all=False, success=False, failure=True)
+    assert anyone.check(set(), {"a"}) and anyone.unreachable({"a"}, set())
+    as_dict = ipp.mod.Dependency(["b", "a"], all=False).as_dict()
+    assert sorted(as_dict.pop("dependencies")) == ["a", "b"]
+    assert as_dict == {"all": False, "success": True, "failure": False}
+    with pytest.raises(ValueError, match="^Must depend on at least one of successes or failures!$"):
+        ipp.mod.Dependency(["a"], success=False, failure=False)
+    with pytest.raises(TypeError, match="^invalid dependency type"):
+        ipp.mod.Dependency([5])
+
+
+def test_after_waits_for_its_tasks(rc: Any) -> None:
+    lview = rc.load_balanced_view()
+    slow = lview.apply_async(sleep_for, 0.5)
+    with lview.temp_flags(after=slow):
+        assert lview.after is slow
+        later = lview.apply_async(mul, 2, 3)
+    assert lview.after is None
+    assert later.get(T) == 6
+    assert slow.ready()
+    assert later.metadata["started"] >= slow.metadata["completed"]
+    # A list of AsyncResults and msg_ids; and the `after` of a single call.
+    first, second = lview.apply_async(mul, 1, 1), lview.apply_async(sleep_for, 0.2)
+    both = lview.set_flags(after=[first, second.msg_ids[0]]).apply_async(mul, 4, 4)
+    assert both.get(T) == 16 and second.ready()
+    lview.set_flags(after=None)
+
+
+def test_a_failed_dependency_is_impossible(ipp: Compat, rc: Any) -> None:
+    lview = rc.load_balanced_view()
+    failed = lview.apply_async(divide_by_zero)
+    assert remote_failure(ipp, failed).ename == "ZeroDivisionError"
+    with lview.temp_flags(after=failed):
+        never = lview.apply_async(mul, 2, 3)
+    error = remote_failure(ipp, never)
+    assert error.ename == "ImpossibleDependency"
+    assert never.metadata["engine_id"] is None  # it never reached an engine
+    # ... and that failure is in turn a failure for what depends on it.
+    with lview.temp_flags(after=never):
+        assert remote_failure(ipp, lview.apply_async(mul, 2, 3)).ename == "ImpossibleDependency"
+    # Counting failures, or any one of several tasks, it runs.
+    ok = lview.apply_async(mul, 1, 2)
+    on_failure = ipp.mod.Dependency([failed], success=False, failure=True)
+    assert lview.set_flags(after=on_failure).apply_async(mul, 3, 3).get(T) == 9
+    assert lview.set_flags(after=ipp.mod.Dependency([failed, ok], all=False)).apply_async(mul, 4, 4).get(T) == 16
+    with lview.temp_flags(after=ipp.mod.Dependency([ok], success=False, failure=True)):
+        assert remote_failure(ipp, lview.apply_async(mul, 5, 5)).ename == "ImpossibleDependency"
+
+
+def test_unknown_dependencies_are_invalid(ipp: Compat, rc: Any) -> None:
+    lview = rc.load_balanced_view()
+    with lview.temp_flags(after=["no-such-task"]):
+        assert remote_failure(ipp, lview.apply_async(mul, 2, 3)).ename == "InvalidDependency"
+    with pytest.raises(ValueError, match=r"^Invalid dependency: 5$"):
+        rc.load_balanced_view().set_flags(after=5)
+
+
+def test_a_dependency_that_outlasts_the_timeout(ipp: Compat, rc: Any) -> None:
+    lview = rc.load_balanced_view()
+    slow = lview.apply_async(sleep_for, 1.0)
+    with lview.temp_flags(after=slow, timeout=0.1):
+        late = lview.apply_async(mul, 2, 3)
+    assert remote_failure(ipp, late).ename == "TaskTimeout"
+    assert slow.get(T) == 1.0
+
+
+def test_follow_runs_where_its_tasks_ran(ipp: Compat, rc: Any) -> None:
+    lview = rc.load_balanced_view()
+    leader = lview.apply_async(sleep_for, 0.1)
+    leader.get(T)
+    with lview.temp_flags(follow=leader):
+        followers = lview.map_async(mul, range(6), range(6))
+    assert followers.get(T) == [i * i for i in range(6)]
+    assert {md["engine_id"] for md in followers.metadata} == {leader.metadata["engine_id"]}
+    on_0 = rc.load_balanced_view(targets=[0]).apply_async(mul, 1, 1)
+    on_1 = rc.load_balanced_view(targets=[1]).apply_async(mul, 1, 1)
+    # All of them: no engine ran both.
+    with lview.temp_flags(follow=[on_0, on_1]):
+        assert remote_failure(ipp, lview.apply_async(mul, 2, 3)).ename == "ImpossibleDependency"
+    # Any of them: either engine.
+    with lview.temp_flags(follow=ipp.mod.Dependency([on_0, on_1], all=False)):
+        anywhere = lview.apply_async(mul, 2, 3)
+    assert anywhere.get(T) == 6 and anywhere.metadata["engine_id"] in (0, 1)
+
+
 # === remote namespaces ============================================================================
 
 

@@ -80,6 +80,10 @@ pub const ENGINE_ERROR: &str = "EngineError";
 pub const TASK_TIMEOUT: &str = "TaskTimeout";
 /// The ename of a task aborted before it started.
 pub const TASK_ABORTED: &str = "TaskAborted";
+/// The ename of a load-balanced task whose dependencies can no longer be met.
+pub const IMPOSSIBLE_DEPENDENCY: &str = "ImpossibleDependency";
+/// The ename of a load-balanced task that depends on tasks the controller does not know.
+pub const INVALID_DEPENDENCY: &str = "InvalidDependency";
 
 /// An engine's state, as the hub sees it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,9 +180,90 @@ pub struct ApplyRouting {
     /// How many times a load-balanced task is resubmitted when its engine dies.
     #[serde(default)]
     pub retries: u32,
-    /// Seconds a load-balanced task may wait for an engine.
+    /// Seconds a load-balanced task may wait for its dependencies and an engine.
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Tasks that must be done before a load-balanced task runs.
+    #[serde(default)]
+    pub after: Option<Dependency>,
+    /// Tasks whose engine a load-balanced task must run on.
+    #[serde(default)]
+    pub follow: Option<Dependency>,
+}
+
+/// A load-balanced task's dependency on other tasks, as ipyparallel's `Dependency`: their
+/// msg_ids, whether `all` of them (else any one) must be done, and whether they count when they
+/// succeeded (`success`), failed (`failure`) or either. In metadata, either a list of msg_ids
+/// (all, success only) or `{"dependencies": [...], "all": .., "success": .., "failure": ..}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(try_from = "DependencyForm")]
+pub struct Dependency {
+    #[serde(rename = "dependencies")]
+    pub ids: Vec<String>,
+    pub all: bool,
+    pub success: bool,
+    pub failure: bool,
+}
+
+impl Dependency {
+    /// Every listed task, counted when it succeeded (ipyparallel's default).
+    pub fn on(ids: Vec<String>) -> Self {
+        Dependency {
+            ids,
+            all: true,
+            success: true,
+            failure: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DependencyForm {
+    Ids(Vec<String>),
+    Full {
+        dependencies: Vec<String>,
+        #[serde(default = "yes")]
+        all: bool,
+        #[serde(default = "yes")]
+        success: bool,
+        #[serde(default)]
+        failure: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TryFrom<DependencyForm> for Dependency {
+    type Error = String;
+
+    fn try_from(form: DependencyForm) -> Result<Self, String> {
+        match form {
+            DependencyForm::Ids(ids) => Ok(Dependency::on(ids)),
+            DependencyForm::Full {
+                dependencies,
+                all,
+                success,
+                failure,
+            } => {
+                if !(success || failure) {
+                    return Err("a dependency must count success, failure or both".into());
+                }
+                Ok(Dependency {
+                    ids: dependencies,
+                    all,
+                    success,
+                    failure,
+                })
+            }
+        }
+    }
 }
 
 /// `attach_request`: the engine support of engine `uuid`'s kernel.
@@ -364,6 +449,42 @@ pub fn died_while_running(id: EngineId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependencies_are_lists_or_objects() {
+        let routing = |json: &str| serde_json::from_str::<ApplyRouting>(json);
+        let plain = routing(r#"{"balanced": true, "after": ["a", "b"]}"#).expect("a list");
+        assert_eq!(
+            plain.after,
+            Some(Dependency::on(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(plain.follow, None);
+        let full = routing(
+            r#"{"balanced": true, "follow": {"dependencies": ["a"], "all": false, "failure": true}}"#,
+        )
+        .expect("an object");
+        assert_eq!(
+            full.follow,
+            Some(Dependency {
+                ids: vec!["a".into()],
+                all: false,
+                success: true,
+                failure: true,
+            })
+        );
+        let neither = r#"{"after": {"dependencies": ["a"], "success": false, "failure": false}}"#;
+        assert!(
+            routing(neither).is_err(),
+            "a dependency that counts nothing"
+        );
+        assert!(routing(r#"{"after": 5}"#).is_err());
+        assert!(routing(r#"{"after": [5]}"#).is_err());
+        let written = serde_json::to_value(full.follow).expect("json");
+        assert_eq!(
+            written,
+            serde_json::json!({"dependencies": ["a"], "all": false, "success": true, "failure": true})
+        );
+    }
 
     #[test]
     fn pack_formats_are_numbers_and_older_peers_are_named() {

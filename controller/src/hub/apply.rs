@@ -11,12 +11,12 @@
 //!
 //! [`Scheduler`]: crate::scheduler::Scheduler
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use parallax_wire::cluster::{
     died_while_running, pack_format_mismatch, AbortRequest, ApplyRouting, AttachRequest, EngineId,
-    ENGINE_ERROR, TASK_ABORTED, TASK_TIMEOUT,
+    ENGINE_ERROR, IMPOSSIBLE_DEPENDENCY, INVALID_DEPENDENCY, TASK_ABORTED, TASK_TIMEOUT,
 };
 use parallax_wire::pack::PACK_VERSION;
 use parallax_wire::replies::error_content;
@@ -27,6 +27,7 @@ use serde_json::json;
 use super::clients::{new_record, ROUTING_ERROR};
 use super::{error_fields, execute_error, Hub};
 use crate::db::{Change, Command};
+use crate::deps::{judge, Needs, Outcome, Verdict};
 use crate::registry::Registry;
 use crate::scheduler::{Constraints, Queued};
 
@@ -107,10 +108,29 @@ impl Hub {
                     request: message,
                     constraints,
                 };
-                if runs_nowhere(&self.registry, &queued.constraints) {
-                    return self.fail_unrunnable_task(queued).await;
+                let needs = Needs::new(routing.after, routing.follow);
+                if needs.is_empty() {
+                    self.submit_balanced(queued, None).await;
+                } else if let Some(evalue) =
+                    self.invalid_dependency(queued.request.msg_id(), &needs)
+                {
+                    self.finish_unsent(queued.request, INVALID_DEPENDENCY, &evalue, "error")
+                        .await;
+                } else {
+                    match judge(&needs, |id| self.waiting.outcome(id)) {
+                        Verdict::Ready(places) => self.submit_balanced(queued, places).await,
+                        Verdict::Wait => self.waiting.hold(queued, needs),
+                        Verdict::Impossible(evalue) => {
+                            self.finish_unsent(
+                                queued.request,
+                                IMPOSSIBLE_DEPENDENCY,
+                                &evalue,
+                                "error",
+                            )
+                            .await
+                        }
+                    }
                 }
-                self.scheduler.submit(queued);
                 self.dispatch().await;
             }
             _ => {
@@ -118,6 +138,84 @@ impl Hub {
                               {\"balanced\": true}";
                 self.reject(message, None, ROUTING_ERROR, evalue, true)
                     .await;
+            }
+        }
+    }
+
+    /// Why a task with `needs` can never be scheduled, if it names itself or tasks the
+    /// controller does not know.
+    fn invalid_dependency(&self, msg_id: &str, needs: &Needs) -> Option<String> {
+        if needs.ids().any(|id| id == msg_id) {
+            return Some("a task cannot depend on itself".into());
+        }
+        let unknown: BTreeSet<&str> = needs
+            .ids()
+            .map(String::as_str)
+            .filter(|id| !self.knows(id))
+            .collect();
+        (!unknown.is_empty()).then(|| {
+            let listed: Vec<&str> = unknown.iter().take(3).copied().collect();
+            let more = unknown.len().saturating_sub(listed.len());
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "it depends on tasks this controller does not know (never submitted, or purged): \
+                 {}{more}",
+                listed.join(", ")
+            )
+        })
+    }
+
+    /// Whether the controller has seen task `msg_id`: finished, running, queued or waiting.
+    fn knows(&self, msg_id: &str) -> bool {
+        self.waiting.outcome(msg_id).is_some()
+            || self.tasks.contains_key(msg_id)
+            || self.scheduler.contains(msg_id)
+            || self.waiting.contains(msg_id)
+    }
+
+    /// Queues a load-balanced task whose dependencies are met, on the engines it must follow
+    /// (`places`) when it has to, or fails it if no engine it may run on is alive.
+    async fn submit_balanced(&mut self, mut queued: Queued, places: Option<Vec<EngineId>>) {
+        if let Some(places) = places {
+            let targets = match queued.constraints.targets.take() {
+                Some(targets) => targets.into_iter().filter(|t| places.contains(t)).collect(),
+                None => places,
+            };
+            if targets.is_empty() {
+                let evalue = "its dependency cannot be met: the engines it must follow are not \
+                              among its targets";
+                return self
+                    .finish_unsent(queued.request, IMPOSSIBLE_DEPENDENCY, evalue, "error")
+                    .await;
+            }
+            queued.constraints.targets = Some(targets);
+        }
+        if runs_nowhere(&self.registry, &queued.constraints) {
+            return self.fail_unrunnable_task(queued).await;
+        }
+        self.scheduler.submit(queued);
+    }
+
+    /// Moves the tasks whose dependencies have just been met to the queue, and fails those
+    /// whose dependencies never can be (which may settle more).
+    async fn release_waiting(&mut self) {
+        loop {
+            let settled = self.waiting.settle();
+            if settled.is_empty() {
+                return;
+            }
+            for (queued, verdict) in settled {
+                match verdict {
+                    Ok(places) => self.submit_balanced(queued, places).await,
+                    Err(evalue) => {
+                        self.finish_unsent(queued.request, IMPOSSIBLE_DEPENDENCY, &evalue, "error")
+                            .await
+                    }
+                }
             }
         }
     }
@@ -149,6 +247,7 @@ impl Hub {
     /// Sends the tasks the scheduler can place now; with none left to place, reclaims tasks
     /// waiting on busy engines for idle ones.
     pub(super) async fn dispatch(&mut self) {
+        self.release_waiting().await;
         for (id, queued) in self.scheduler.assign() {
             self.db.send(Command::Update {
                 msg_id: queued.request.msg_id().to_owned(),
@@ -308,17 +407,40 @@ impl Hub {
             .await;
     }
 
-    /// Fails queued tasks whose timeout has passed.
+    /// Fails queued tasks whose timeout has passed, and tasks whose timeout passed while they
+    /// waited for their dependencies.
     pub(super) async fn expire_tasks(&mut self) {
-        for queued in self.scheduler.expired(Instant::now()) {
+        let now = Instant::now();
+        for queued in self.scheduler.expired(now) {
             let evalue = "the task waited for an engine longer than its timeout";
             self.finish_unsent(queued.request, TASK_TIMEOUT, evalue, "error")
                 .await;
+        }
+        for queued in self.waiting.expired(now) {
+            let evalue = "the task waited for its dependencies longer than its timeout";
+            self.finish_unsent(queued.request, TASK_TIMEOUT, evalue, "error")
+                .await;
+        }
+        self.dispatch().await;
+    }
+
+    /// When the next queued or waiting task times out.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        match (self.scheduler.next_deadline(), self.waiting.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// Answers (and records) a load-balanced task that never reached an engine.
     async fn finish_unsent(&mut self, request: Message, ename: &str, evalue: &str, status: &str) {
+        self.waiting.finished(
+            request.msg_id(),
+            Outcome {
+                ok: false,
+                engine: None,
+            },
+        );
         let mut content = execute_error(ename, evalue);
         content["status"] = json!(status);
         let reply = self
@@ -358,7 +480,11 @@ impl Hub {
         let mut aborted = Vec::new();
         let mut forwarded: BTreeMap<EngineId, Vec<String>> = BTreeMap::new();
         for msg_id in request.msg_ids {
-            if let Some(queued) = self.scheduler.remove(&msg_id) {
+            let unsent = self
+                .scheduler
+                .remove(&msg_id)
+                .or_else(|| self.waiting.remove(&msg_id));
+            if let Some(queued) = unsent {
                 let evalue = "the task was aborted before it started";
                 self.finish_unsent(queued.request, TASK_ABORTED, evalue, "aborted")
                     .await;

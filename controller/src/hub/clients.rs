@@ -20,6 +20,7 @@ use parallax_wire::replies::error_content;
 
 use super::{error_fields, execute_error, Hub};
 use crate::db::{Command, NewTask, RESULT_LIMIT};
+use crate::deps::Outcome;
 use crate::query::Query;
 
 /// The ename of requests the controller cannot route (no or bad `engine` metadata, a msg_id
@@ -123,7 +124,8 @@ impl Hub {
             .collect::<BTreeMap<_, _>>();
         let reply = QueueReply {
             status: "ok".into(),
-            unassigned: self.scheduler.unassigned() as u64,
+            // As ipyparallel counts them: tasks waiting for their dependencies too.
+            unassigned: (self.scheduler.unassigned() + self.waiting.blocked()) as u64,
             engines,
         };
         self.reply(message, &reply).await;
@@ -210,13 +212,17 @@ impl Hub {
     }
 
     /// `purge_request`: forgets finished tasks.
-    fn on_purge(&self, message: Message) {
+    fn on_purge(&mut self, message: Message) {
         let (answer, answered) = oneshot::channel();
         match message.content_as::<PurgeRequest>() {
-            Ok(request) => self.db.send(Command::Purge {
-                msg_ids: (!request.all).then_some(request.msg_ids),
-                reply: answer,
-            }),
+            Ok(request) => {
+                let msg_ids = (!request.all).then_some(request.msg_ids);
+                self.waiting.forget(msg_ids.as_deref());
+                self.db.send(Command::Purge {
+                    msg_ids,
+                    reply: answer,
+                })
+            }
             Err(error) => {
                 let _ = answer.send(Err(format!("invalid purge_request: {error}")));
             }
@@ -341,7 +347,7 @@ impl Hub {
 
     /// Answers an execute request that cannot run, and records it failed.
     pub(super) async fn reject(
-        &self,
+        &mut self,
         request: Message,
         engine: Option<EngineId>,
         ename: &str,
@@ -364,6 +370,8 @@ impl Hub {
             .with_metadata(&metadata);
         self.to_client(reply).await;
         if record {
+            self.waiting
+                .finished(request.msg_id(), Outcome { ok: false, engine });
             let mut record = new_record(&request, engine);
             let now = now_iso8601();
             record.status = "error".into();

@@ -17,6 +17,7 @@ use parallax_wire::replies::{error_content, reply_type};
 
 use super::{error_fields, with_engine_id, Captured, Hub, Task};
 use crate::db::{bounded, Change, Command, TaskDb, STREAM_LIMIT};
+use crate::deps::Outcome;
 
 impl Hub {
     pub(super) async fn on_engine(&mut self, message: Message) {
@@ -232,6 +233,13 @@ impl Hub {
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_owned();
+        self.waiting.finished(
+            &msg_id,
+            Outcome {
+                ok: status == "ok",
+                engine: Some(id),
+            },
+        );
         if status == "error" && !task.failed {
             self.db.send(Command::Update {
                 msg_id: msg_id.clone(),

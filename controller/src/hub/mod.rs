@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::db::{Change, Command, TaskDb};
+use crate::deps::{Outcome, Waiting};
 use crate::registry::Registry;
 use crate::scheduler::{Constraints, Scheduler};
 
@@ -99,6 +100,8 @@ pub(crate) struct Hub {
     engine_packs: PackPeers,
     registry: Registry,
     scheduler: Scheduler,
+    /// Outcomes of finished tasks, and load-balanced tasks waiting for their dependencies.
+    waiting: Waiting,
     /// Engine support routes by engine uuid, as they attached (possibly before registering).
     attached: HashMap<String, Vec<Bytes>>,
     /// The largest apply result (sum of its buffers) kept in the task database, in bytes.
@@ -118,7 +121,7 @@ enum Event {
     Client(Message),
     Engine(Message),
     Check,
-    /// A queued load-balanced task's timeout is due.
+    /// The timeout of a load-balanced task (queued, or waiting for its dependencies) is due.
     Deadline,
     Shutdown,
 }
@@ -138,6 +141,7 @@ impl Hub {
             engine_packs: links.engine_packs,
             registry: Registry::default(),
             scheduler: Scheduler::default(),
+            waiting: Waiting::default(),
             attached: HashMap::new(),
             result_limit,
             tasks: HashMap::new(),
@@ -156,7 +160,7 @@ impl Hub {
         let mut check = tokio::time::interval(HEARTBEAT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.shutdown_requested {
-            let deadline = self.scheduler.next_deadline();
+            let deadline = self.next_deadline();
             let event = tokio::select! {
                 () = &mut shutdown => Event::Shutdown,
                 Some(message) = self.engines_in.recv() => Event::Engine(message),
@@ -288,6 +292,13 @@ impl Hub {
             return;
         };
         let evalue = evalue(task.engine);
+        self.waiting.finished(
+            msg_id,
+            Outcome {
+                ok: false,
+                engine: Some(task.engine),
+            },
+        );
         let content = execute_error(ENGINE_ERROR, &evalue);
         let reply = self
             .session
