@@ -16,6 +16,10 @@ Each of them has one IO thread that owns its DEALER; other threads never touch t
   outbox or the DEALER is readable. What waits in the outbox leaves packed (`Session.to_send`),
   so a burst costs one send and one signature while a lone message goes as it is; whatever
   arrives is unpacked (`Session.receive`).
+- Sent or not: `put` numbers what it queues, and the outbox counts how far the IO thread has
+  sent (`wait_sent`). A message in a pack no longer refers to its buffers once it is sent (the
+  pack copied them); one sent alone may, until libzmq has written them: `Tracked` sends it
+  alone with a `zmq.MessageTracker` that says when its memory is free again (`track=True`).
 """
 
 from __future__ import annotations
@@ -73,6 +77,32 @@ def receive_waiting(socket: zmq.Socket, session: Session, handle: Callable[[Mess
                 log.exception("failed to handle a message from the controller")
 
 
+class Tracked:
+    """A message to send alone, with a tracker of its zero-copy frames (`tracker`, once sent)."""
+
+    __slots__ = ("item", "tracker")
+
+    def __init__(self, item: Draft | list[Any]) -> None:
+        self.item = item
+        self.tracker: zmq.MessageTracker | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.tracker is not None and self.tracker.done
+
+
+def send_tracked(socket: zmq.Socket, session: Session, tracked: Tracked) -> None:
+    """Send `tracked` alone, keeping the trackers of its frames (IO thread only)."""
+    trackers = []
+    for frames in session.to_send([tracked.item]):
+        last = len(frames) - 1
+        for index, frame in enumerate(frames):
+            tracker = socket.send(frame, _MORE if index < last else 0, copy=False, track=True)
+            if tracker is not None:
+                trackers.append(tracker)
+    tracked.tracker = zmq.MessageTracker(*trackers)
+
+
 class Outbox:
     """Messages from any thread to the IO thread that owns a socket.
 
@@ -82,9 +112,13 @@ class Outbox:
     """
 
     def __init__(self, context: zmq.Context, name: str) -> None:
-        self._queue: collections.deque[Draft | list[Any] | None] = collections.deque()
+        self._queue: collections.deque[Draft | list[Any] | Tracked | None] = collections.deque()
         self._lock = threading.Lock()
         self._wake_pending = False
+        self._queued = 0  # messages put so far
+        self._taken = 0  # of those, how many the IO thread has taken
+        self.sent = 0  # ... and sent (or failed to send: either way, gone)
+        self._sent_changed = threading.Condition(threading.Lock())
         address = f"inproc://parallax-{name}-{id(self):x}"
         self.reader = context.socket(zmq.PULL)
         self.reader.bind(address)
@@ -93,17 +127,21 @@ class Outbox:
         self._writer.connect(address)
         self._closed = False
 
-    def put(self, frames: Draft | list[Any] | None) -> None:
+    def put(self, frames: Draft | list[Any] | Tracked | None) -> int:
+        """Queue a message; returns its number, which `sent` reaches once it has left."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the connection is closed")
             self._queue.append(frames)
+            self._queued += 1
+            number = self._queued
             if not self._wake_pending:
                 # The flag is set only once the byte is sent: a KeyboardInterrupt can land in the
                 # send (the stop button while a task prints), and a flag set before it would keep
                 # every later put from waking the IO thread, so nothing queued would ever leave.
                 self._writer.send(b"")
                 self._wake_pending = True
+        return number
 
     def take(self) -> list[Draft | list[Any] | None]:
         """Everything queued so far (IO thread only)."""
@@ -116,21 +154,48 @@ class Outbox:
             items = list(self._queue)
             self._queue.clear()
             self._wake_pending = False
+            self._taken = self._queued
         return items
 
     def send_waiting(self, socket: zmq.Socket, session: Session) -> bool:
-        """Send what was queued (small messages packed) on `socket` (IO thread only); True when
-        asked to stop."""
+        """Send what was queued (small messages packed, tracked ones alone) on `socket` (IO
+        thread only); True when asked to stop."""
         items = self.take()
-        for frames in session.to_send([item for item in items if item is not None]):
+        run: list[Draft | list[Any]] = []
+        for item in items:
+            if type(item) is Tracked:
+                self._send_run(socket, session, run)
+                run = []
+                try:
+                    send_tracked(socket, session, item)
+                except zmq.ZMQError:
+                    log.exception("could not send a message to the controller")
+            elif item is not None:
+                run.append(item)
+        self._send_run(socket, session, run)
+        with self._sent_changed:
+            self.sent = self._taken
+            self._sent_changed.notify_all()
+        return None in items
+
+    @staticmethod
+    def _send_run(socket: zmq.Socket, session: Session, run: list[Draft | list[Any]]) -> None:
+        for frames in session.to_send(run):
             try:
                 send_frames(socket, frames)
             except zmq.ZMQError:
                 log.exception("could not send a message to the controller")
-        return None in items
+
+    def wait_sent(self, number: int, timeout: float | None = None) -> bool:
+        """Wait until message `number` (from `put`) has left; False on timeout."""
+        with self._sent_changed:
+            self._sent_changed.wait_for(lambda: self.sent >= number or self._closed, timeout)
+            return self.sent >= number
 
     def close(self) -> None:
         """Close the producer side (the IO thread closes `reader` itself)."""
         with self._lock:
             self._closed = True
             self._writer.close(linger=0)
+        with self._sent_changed:
+            self._sent_changed.notify_all()

@@ -22,6 +22,8 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+import zmq
+
 from . import _partition, error
 from ._wire import parse_date, utcnow
 from .serialize import deserialize_result
@@ -122,6 +124,8 @@ class Task:
         "_value",
         "_has_value",
         "_listeners",
+        "sent_number",
+        "tracked",
         "__weakref__",
     )
 
@@ -145,6 +149,8 @@ class Task:
         self._has_value = False
         # A list once someone listens; None once complete.
         self._listeners: list[Callable[[Task], None]] | tuple | None = ()
+        self.sent_number = 0  # the request's number in the client's outbox (0: not sent from here)
+        self.tracked: Any = None  # the request's _zmqio.Tracked, when sent with track=True
 
     def __repr__(self) -> str:
         return f"<Task {self.kind} {self.msg_id} {'done' if self.done else 'pending'}>"
@@ -496,10 +502,37 @@ class AsyncResult(Future):
 
     @property
     def sent(self) -> bool:
-        return True
+        """Whether every request has left this process (with `track=True`: and ZeroMQ has let
+        go of its buffers, so they may be changed in place)."""
+        return self._sent_within(0)
 
-    def wait_for_send(self, timeout: float | None = -1) -> bool:
-        """Requests are handed to the IO thread at once; nothing to wait for."""
+    def wait_for_send(self, timeout: float | None = -1) -> None:
+        """Wait until `sent` holds; TimeoutError if it still does not after `timeout` seconds."""
+        if not self._sent_within(timeout):
+            raise TimeoutError("Still waiting to be sent")
+
+    def _sent_within(self, timeout: float | None) -> bool:
+        timeout = _positive_or_none(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = max((task.sent_number for task in self._tasks), default=0)
+        if last and self._client is not None:
+            if not self._client._outbox.wait_sent(last, timeout):
+                return False
+        for task in self._tasks:
+            if task.tracked is None:
+                continue
+            tracker = task.tracked.tracker
+            if tracker is None:  # the IO thread failed to send it
+                return False
+            if tracker.done:
+                continue
+            left = -1 if deadline is None else deadline - time.monotonic()
+            if deadline is not None and left <= 0:  # (pyzmq's wait(0) never succeeds)
+                return False
+            try:
+                tracker.wait(left)
+            except zmq.NotDone:
+                return False
         return True
 
     # -- results ----------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from . import _shm, error
 from ._shm import pid_alive
 from ._database import TaskDatabase
 from ._wire import PACK_VERSION, Draft, Message, Session
-from ._zmqio import Outbox, receive_waiting
+from ._zmqio import Outbox, Tracked, receive_waiting
 from .asyncresult import AsyncResult, Task
 from .view import DirectView, LoadBalancedView
 
@@ -485,10 +485,11 @@ class Client(TaskDatabase):
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def _send(self, item: Draft | list[Any]) -> None:
+    def _send(self, item: Draft | list[Any] | Tracked) -> int:
+        """Queue a message for the IO thread; returns its number in the outbox."""
         if self._closed:
             raise RuntimeError("Client cannot be used after it is closed; create a new Client()")
-        self._outbox.put(item)
+        return self._outbox.put(item)
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -507,12 +508,15 @@ class Client(TaskDatabase):
         chunk: int = 1,
         label: Any = None,
         header: dict[str, Any] | None = None,
+        track: bool = False,
     ) -> Task:
         """Send an apply_request or execute_request; returns its Task (registered first). The
-        request leaves as a draft: its content and metadata are Parallax's own plain JSON."""
+        request leaves as a draft: its content and metadata are Parallax's own plain JSON. With
+        `track`, it leaves alone, tracked until ZeroMQ lets go of its buffers (`ar.sent`)."""
         self._check_usable()
         header = header or self.session.header(msg_type)
         draft = (header, {}, metadata or {}, content if content is not None else {}, list(buffers))
+        item: Draft | Tracked = Tracked(draft) if track else draft
         msg_id = header["msg_id"]
         kind = "execute" if msg_type == "execute_request" else "apply"
         task = Task(msg_id, kind, engine_id=engine_id, chunk=chunk, label=label)
@@ -522,8 +526,10 @@ class Client(TaskDatabase):
         self._tasks[msg_id] = task
         self.outstanding.add(msg_id)
         self.history.append(msg_id)
+        if track:
+            task.tracked = item
         try:
-            self._send(draft)
+            task.sent_number = self._send(item)
         except BaseException:
             self._pending.pop(msg_id, None)
             self.outstanding.discard(msg_id)
@@ -532,7 +538,7 @@ class Client(TaskDatabase):
 
     def _submit_apply(
         self, call: list[Any] | _shm.Outgoing, metadata: dict[str, Any], engine_id: int | None = None,
-        chunk: int = 1, label: Any = None
+        chunk: int = 1, label: Any = None, track: bool = False
     ) -> Task:
         """Send an apply_request carrying `call` (its frames, or an `Outgoing` shared by several
         requests). Its large buffers go through shared memory to an engine that shares it (never
@@ -554,17 +560,19 @@ class Client(TaskDatabase):
                     self._segments[msg_id] = segments
         try:
             return self._submit("apply_request", content={}, metadata=metadata, buffers=buffers,
-                                engine_id=engine_id, chunk=chunk, label=label, header=header)
+                                engine_id=engine_id, chunk=chunk, label=label, header=header, track=track)
         except BaseException:
             self._forget_segments(msg_id)
             raise
 
-    def _submit_apply_each(self, call: list[Any], engine_ids: list[int], label: Any = None) -> list[Task]:
+    def _submit_apply_each(self, call: list[Any], engine_ids: list[int], label: Any = None,
+                           track: bool = False) -> list[Task]:
         """Send the same call to each engine (direct): large buffers are written to shared
         memory once, for all the engines that share it."""
         outgoing = _shm.Outgoing(call)
         try:
-            return [self._submit_apply(outgoing, {"engine": e}, engine_id=e, label=label) for e in engine_ids]
+            return [self._submit_apply(outgoing, {"engine": e}, engine_id=e, label=label, track=track)
+                    for e in engine_ids]
         finally:
             outgoing.close()
 

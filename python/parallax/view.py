@@ -204,10 +204,11 @@ class DirectView(View):
                       label: Any = None) -> Any:
         block = self.block if block is None else block
         label = self.label if label is None else label
+        track = self.track if track is None else track
         targets = self.targets if targets is None else targets
         ids = self.client._build_targets(targets)
         call = serialize_call(f, args, kwargs)
-        tasks = self.client._submit_apply_each(call, ids, label=label)
+        tasks = self.client._submit_apply_each(call, ids, label=label, track=bool(track))
         single = isinstance(targets, int)
         ar = AsyncResult(self.client, tasks[0] if single else tasks, fname=getname(f), targets=ids)
         return self._finish(ar, block)
@@ -219,6 +220,9 @@ class DirectView(View):
         if not sequences:
             raise TypeError("map() needs at least one sequence to map onto")
         block = self.block if block is None else block
+        if track and not self.track:
+            with self.temp_flags(track=True):
+                return self.map(f, *sequences, block=block, return_exceptions=return_exceptions, label=label)
         return ParallelFunction(self, f, block=block, return_exceptions=return_exceptions, label=label).map(*sequences)
 
     # -- code -------------------------------------------------------------------------------------
@@ -256,7 +260,7 @@ class DirectView(View):
         """Assign the names of `ns` in the engines' namespaces."""
         if not isinstance(ns, dict):
             raise TypeError(f"Must be a dict, not {type(ns)}")
-        return self._really_apply(_remote._push, (ns,), targets=targets, block=block)
+        return self._really_apply(_remote._push, (ns,), targets=targets, block=block, track=track)
 
     def pull(self, names: str | list[str] | tuple[str, ...], targets: Any = None, block: bool | None = None) -> Any:
         """The values of `names` (one name or a list) in the engines' namespaces."""
@@ -288,6 +292,7 @@ class DirectView(View):
         (the first len % n engines get one item more; arrays are split along axis 0).
         flatten=True assigns a 1-item partition as the item itself."""
         block = self.block if block is None else block
+        track = self.track if track is None else track
         ids = self._targets(targets)
         split, _join = _partition.distribution(dist)
         n = len(seq)
@@ -296,7 +301,8 @@ class DirectView(View):
             part = split(seq, index, len(ids), n)
             value = part[0] if flatten and len(part) == 1 else part
             call = serialize_call(_remote._push, ({key: value},))
-            tasks.append(self.client._submit_apply(call, {"engine": engine_id}, engine_id=engine_id))
+            tasks.append(self.client._submit_apply(call, {"engine": engine_id}, engine_id=engine_id,
+                                                   track=bool(track)))
         ar = AsyncResult(self.client, tasks, fname="scatter", targets=ids)
         self.history.extend(ar.msg_ids)
         if block:
@@ -426,8 +432,9 @@ class LoadBalancedView(View):
                       retries: int | None = None, label: Any = None) -> Any:
         block = self.block if block is None else block
         label = self.label if label is None else label
+        track = self.track if track is None else track
         routing = self._routing(targets, retries, timeout, after, follow)
-        task = self.client._submit_apply(serialize_call(f, args, kwargs), routing, label=label)
+        task = self.client._submit_apply(serialize_call(f, args, kwargs), routing, label=label, track=bool(track))
         return self._finish(AsyncResult(self.client, task, fname=getname(f)), block)
 
     def map(self, f: Callable[..., Any], *sequences: Any, block: bool | None = None, chunksize: int | None = None,
@@ -600,10 +607,10 @@ class ParallelFunction(RemoteFunction):
                 call = serialize_call(self.func, pieces)
                 chunk = 1
             if balanced:
-                tasks.append(client._submit_apply(call, routing, chunk=chunk, label=view.label))
+                tasks.append(client._submit_apply(call, routing, chunk=chunk, label=view.label, track=view.track))
             else:
                 tasks.append(client._submit_apply(call, {"engine": engine_id}, engine_id=engine_id, chunk=chunk,
-                                                  label=view.label))
+                                                  label=view.label, track=view.track))
         return tasks
 
     def map(self, *sequences: Any) -> Any:

@@ -39,7 +39,7 @@ import parallax as ipp
 from parallax import _partition, error
 from parallax._wire import (DELIMITER, PACK_BYTES_LIMIT, PACK_COUNT_LIMIT, PACK_DELIMITER, PACK_MESSAGE_LIMIT,
                             Session, iso_now, parse_date)
-from parallax._zmqio import Outbox
+from parallax._zmqio import Outbox, Tracked
 from parallax.asyncresult import AsyncMapResult, AsyncResult, Task
 from parallax.engine import error_content
 from parallax.serialize import (
@@ -211,6 +211,46 @@ def test_an_interrupted_put_does_not_silence_the_outbox() -> None:
     finally:
         outbox.close()
         outbox.reader.close(linger=0)
+        context.term()
+
+
+def test_the_outbox_counts_what_has_left_and_tracks_zero_copy_sends() -> None:
+    """`put` numbers messages and `wait_sent` says when the IO thread has sent them; a Tracked
+    message leaves alone, with a tracker of its zero-copy buffer, and its neighbours still pack."""
+    context = zmq.Context()
+    outbox = Outbox(context, "test")
+    session = Session("key")
+    dealer, router = context.socket(zmq.DEALER), context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    big = np.arange(1 << 17, dtype=np.float64)  # 1 MiB: sent without a copy
+    try:
+        def draft(n: int, buffers: list[Any] = []) -> Any:  # noqa: B006 -- never mutated
+            return (session.header("apply_request"), {}, {}, {"n": n}, buffers)
+
+        numbers = [outbox.put(draft(n)) for n in range(3)]
+        tracked = Tracked(draft(3, [big]))
+        numbers.append(outbox.put(tracked))
+        numbers.append(outbox.put(draft(4)))
+        assert numbers == [1, 2, 3, 4, 5]
+        assert outbox.wait_sent(1, timeout=0) is False, "nothing has left yet"
+        assert tracked.tracker is None and not tracked.done
+        assert outbox.send_waiting(dealer, session) is False
+        assert outbox.sent == 5 and outbox.wait_sent(5, timeout=0)
+        assert tracked.tracker is not None
+        tracked.tracker.wait(5)
+        assert tracked.done
+        received = []
+        while len(received) < 3:
+            assert router.poll(5000), f"only {len(received)} messages arrived"
+            frames = router.recv_multipart()[1:]
+            received.append([m.content["n"] for m in session.receive(frames)])
+        assert received == [[0, 1, 2], [3], [4]]
+    finally:
+        outbox.close()
+        outbox.reader.close(linger=0)
+        dealer.close(linger=0)
+        router.close(linger=0)
         context.term()
 
 
@@ -1110,3 +1150,16 @@ def test_large_arrays_join_into_populated_memory_equal_to_concatenate() -> None:
         assert np.array_equal(joined, expected) and joined.flags.writeable
     with pytest.raises(ValueError):
         join([one.reshape(-1, 1), np.zeros((2, 2))])
+
+
+def test_a_tracked_push_may_change_its_array_once_sent(rc: ipp.Client, fake: FakeController) -> None:
+    """track=True: once wait_for_send() returns, every engine's message has left and ZeroMQ has
+    let go of the array (sent without a copy), so changing it in place changes nothing remote."""
+    array = np.arange(1 << 20, dtype=np.float64)
+    ar = rc[:].push({"a": array}, block=False, track=True)
+    assert ar.wait_for_send(5) is None and ar.sent
+    array[:] = -1.0
+    ar.get(5)
+    for engine_id in (0, 1):
+        assert fake.namespaces[engine_id]["a"][:3].tolist() == [0.0, 1.0, 2.0]
+    assert all(task.tracked.done for task in ar._tasks)

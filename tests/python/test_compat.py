@@ -592,6 +592,24 @@ def test_push_and_pull(rc: Any) -> None:
     assert (repr(push), repr(pull)) == ("<AsyncResult(_push): finished>", "<AsyncResult(_pull): finished>")
 
 
+def test_tracked_sends(rc: Any) -> None:
+    """`ar.sent` / `wait_for_send()` once the requests have left, with and without `track=True`.
+    (That a tracked array may then be changed in place is checked in test_client_units: with
+    ipyparallel 9.2 the change still reaches the engine.)"""
+    array = numpy.arange(1 << 20, dtype=numpy.float64)  # 8 MB
+    pushed = rc[:].push({"tracked": array}, block=False, track=True)
+    assert pushed.wait_for_send(T) is None and pushed.sent is True
+    assert pushed.get(T) == [None, None]
+    lview = rc.load_balanced_view()
+    with lview.temp_flags(track=True):
+        total = lview.apply_async(numpy.sum, numpy.ones(1 << 20))
+    assert total.wait_for_send(T) is None and total.sent is True
+    assert total.get(T) == float(1 << 20)
+    untracked = rc[0].apply_async(mul, 2, 3)
+    assert untracked.wait_for_send(T) is None and untracked.sent is True
+    assert untracked.get(T) == 6
+
+
 def test_dictionary_interface(rc: Any) -> None:
     view = rc[:]
     view["z"] = 9
