@@ -49,7 +49,7 @@ impl Needs {
 
 /// What a task's dependencies allow now.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Verdict {
+enum Verdict {
     /// It may run: anywhere (`None`) or only on these engines.
     Ready(Option<Vec<EngineId>>),
     Wait,
@@ -116,7 +116,7 @@ fn met(dependency: &Dependency, outcome: &impl Fn(&str) -> Option<Outcome>) -> b
 
 /// What `needs` allow, given the outcomes of finished tasks (`outcome` is `None` for a task
 /// not finished yet).
-pub(crate) fn judge(needs: &Needs, outcome: impl Fn(&str) -> Option<Outcome>) -> Verdict {
+fn judge(needs: &Needs, outcome: impl Fn(&str) -> Option<Outcome>) -> Verdict {
     for dependency in needs.after.iter().chain(&needs.follow) {
         if let Some(why) = unreachable(dependency, &outcome) {
             return Verdict::Impossible(format!("its dependency cannot be met: {why}"));
@@ -224,7 +224,9 @@ impl Waiting {
         }
     }
 
-    /// Holds a task until its dependencies are met (the caller judged it [`Verdict::Wait`]).
+    /// Holds a task until its dependencies are met; the next [`settle`] judges it a first time.
+    ///
+    /// [`settle`]: Self::settle
     pub fn hold(&mut self, queued: Queued, needs: Needs) {
         let msg_id = queued.request.msg_id().to_owned();
         let unfinished: BTreeSet<&String> = needs
@@ -240,6 +242,7 @@ impl Waiting {
         if let Some(at) = queued.constraints.deadline {
             self.deadlines.insert((at, msg_id.clone()));
         }
+        self.touched.insert(msg_id.clone());
         self.blocked.insert(msg_id, Blocked { queued, needs });
     }
 
@@ -471,6 +474,21 @@ mod tests {
         assert!(waiting.blocked.is_empty());
         assert!(waiting.dependents.is_empty() && waiting.settle().is_empty());
         assert_eq!(waiting.outcome("b"), Some(FAILED0));
+        // Held once its tasks have finished: the next settle judges it all the same.
+        let met = queued(&session, None);
+        let met_id = met.request.msg_id().to_owned();
+        waiting.hold(met, follow(on(&["a"])));
+        waiting.hold(queued(&session, None), after(on(&["b"])));
+        let settled = waiting.settle();
+        assert_eq!(settled.len(), 2);
+        let (released, failed): (Vec<_>, Vec<_>) = settled.iter().partition(|(_, v)| v.is_ok());
+        assert_eq!(released[0].0.request.msg_id(), met_id);
+        assert_eq!(released[0].1, Ok(Some(vec![0])));
+        assert_eq!(
+            failed[0].1,
+            Err("its dependency cannot be met: task b failed".to_string())
+        );
+        assert!(waiting.blocked.is_empty() && waiting.dependents.is_empty());
         waiting.forget(Some(&["b".to_string()]));
         assert_eq!(waiting.outcome("b"), None);
         assert_eq!(waiting.outcome("a"), Some(OK0));

@@ -42,12 +42,17 @@ _COPIED_FRAMES = 7  # delimiter, signature, header, parent, metadata, content, f
 log = logging.getLogger("parallax")
 
 
-def send_frames(socket: zmq.Socket, frames: list[Any]) -> None:
-    """Send one multipart message; large frames go without a copy (pyzmq copies small ones)."""
+def send_frames(socket: zmq.Socket, frames: list[Any], track: bool = False) -> list[zmq.MessageTracker]:
+    """Send one multipart message; large frames go without a copy (pyzmq copies small ones).
+    With `track`, the trackers that say when ZeroMQ has let go of each frame."""
     send = socket.send
     last = len(frames) - 1
+    trackers = []
     for index, frame in enumerate(frames):
-        send(frame, _MORE if index < last else 0, copy=False)
+        tracker = send(frame, _MORE if index < last else 0, copy=False, track=track)
+        if track:
+            trackers.append(tracker)
+    return trackers
 
 
 def recv_frames(socket: zmq.Socket) -> list[Any]:
@@ -89,18 +94,6 @@ class Tracked:
     @property
     def done(self) -> bool:
         return self.tracker is not None and self.tracker.done
-
-
-def send_tracked(socket: zmq.Socket, session: Session, tracked: Tracked) -> None:
-    """Send `tracked` alone, keeping the trackers of its frames (IO thread only)."""
-    trackers = []
-    for frames in session.to_send([tracked.item]):
-        last = len(frames) - 1
-        for index, frame in enumerate(frames):
-            tracker = socket.send(frame, _MORE if index < last else 0, copy=False, track=True)
-            if tracker is not None:
-                trackers.append(tracker)
-    tracked.tracker = zmq.MessageTracker(*trackers)
 
 
 class Outbox:
@@ -166,10 +159,8 @@ class Outbox:
             if type(item) is Tracked:
                 self._send_run(socket, session, run)
                 run = []
-                try:
-                    send_tracked(socket, session, item)
-                except zmq.ZMQError:
-                    log.exception("could not send a message to the controller")
+                trackers = self._send_run(socket, session, [item.item], track=True)
+                item.tracker = None if trackers is None else zmq.MessageTracker(*trackers)
             elif item is not None:
                 run.append(item)
         self._send_run(socket, session, run)
@@ -179,12 +170,21 @@ class Outbox:
         return None in items
 
     @staticmethod
-    def _send_run(socket: zmq.Socket, session: Session, run: list[Draft | list[Any]]) -> None:
+    def _send_run(socket: zmq.Socket, session: Session, run: list[Draft | list[Any]],
+                  track: bool = False) -> list[zmq.MessageTracker] | None:
+        """Send `run` (packed where it can be); the trackers of its frames with `track`, None
+        if a message failed to send."""
+        trackers: list[zmq.MessageTracker] | None = []
         for frames in session.to_send(run):
             try:
-                send_frames(socket, frames)
+                sent = send_frames(socket, frames, track)
             except zmq.ZMQError:
                 log.exception("could not send a message to the controller")
+                trackers = None
+                continue
+            if trackers is not None:
+                trackers += sent
+        return trackers
 
     def wait_sent(self, number: int, timeout: float | None = None) -> bool:
         """Wait until message `number` (from `put`) has left; False on timeout."""

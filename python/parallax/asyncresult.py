@@ -519,18 +519,15 @@ class AsyncResult(Future):
             if not self._client._outbox.wait_sent(last, timeout):
                 return False
         for task in self._tasks:
-            if task.tracked is None:
-                continue
-            tracker = task.tracked.tracker
-            if tracker is None:  # the IO thread failed to send it
-                return False
-            if tracker.done:
+            tracked = task.tracked
+            if tracked is None or tracked.done:
                 continue
             left = -1 if deadline is None else deadline - time.monotonic()
-            if deadline is not None and left <= 0:  # (pyzmq's wait(0) never succeeds)
+            # No tracker: it failed to send. pyzmq's wait(0) fails even when done.
+            if tracked.tracker is None or (deadline is not None and left <= 0):
                 return False
             try:
-                tracker.wait(left)
+                tracked.tracker.wait(left)
             except zmq.NotDone:
                 return False
         return True

@@ -36,7 +36,9 @@ class Dependency(set):
         """Whether the dependency is met, given the msg_ids that completed and failed."""
         if not self:
             return True
-        against = self._counted(completed, failed)
+        against: set[str] = set(completed) if self.success else set()
+        if failed is not None and self.failure:
+            against |= failed
         return self.issubset(against) if self.all else not self.isdisjoint(against)
 
     def unreachable(self, completed: set[str], failed: set[str] | None = None) -> bool:
@@ -49,12 +51,6 @@ class Dependency(set):
         if failed is not None and not self.failure:
             against |= failed
         return not self.isdisjoint(against) if self.all else self.issubset(against)
-
-    def _counted(self, completed: set[str], failed: set[str] | None) -> set[str]:
-        against: set[str] = set(completed) if self.success else set()
-        if failed is not None and self.failure:
-            against |= failed
-        return against
 
     def as_dict(self) -> dict[str, Any]:
         """The dependency as the controller reads it (JSON)."""

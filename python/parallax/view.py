@@ -220,10 +220,9 @@ class DirectView(View):
         if not sequences:
             raise TypeError("map() needs at least one sequence to map onto")
         block = self.block if block is None else block
-        if track and not self.track:
-            with self.temp_flags(track=True):
-                return self.map(f, *sequences, block=block, return_exceptions=return_exceptions, label=label)
-        return ParallelFunction(self, f, block=block, return_exceptions=return_exceptions, label=label).map(*sequences)
+        flags = {"track": True} if track else {}
+        return ParallelFunction(self, f, block=block, return_exceptions=return_exceptions, label=label,
+                                **flags).map(*sequences)
 
     # -- code -------------------------------------------------------------------------------------
 

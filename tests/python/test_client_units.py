@@ -1163,3 +1163,6 @@ def test_a_tracked_push_may_change_its_array_once_sent(rc: ipp.Client, fake: Fak
     for engine_id in (0, 1):
         assert fake.namespaces[engine_id]["a"][:3].tolist() == [0.0, 1.0, 2.0]
     assert all(task.tracked.done for task in ar._tasks)
+    mapped = rc[:].map(lambda x: x, [1, 2], block=False, track=True)
+    assert mapped.get(5) == [1, 2] and all(task.tracked is not None for task in mapped._tasks)
+    assert all(task.tracked is None for task in rc[:].map(lambda x: x, [1, 2], block=False)._tasks)

@@ -27,7 +27,7 @@ use serde_json::json;
 use super::clients::{new_record, ROUTING_ERROR};
 use super::{error_fields, execute_error, Hub};
 use crate::db::{Change, Command};
-use crate::deps::{judge, Needs, Outcome, Verdict};
+use crate::deps::{Needs, Outcome};
 use crate::registry::Registry;
 use crate::scheduler::{Constraints, Queued};
 
@@ -117,19 +117,8 @@ impl Hub {
                     self.finish_unsent(queued.request, INVALID_DEPENDENCY, &evalue, "error")
                         .await;
                 } else {
-                    match judge(&needs, |id| self.waiting.outcome(id)) {
-                        Verdict::Ready(places) => self.submit_balanced(queued, places).await,
-                        Verdict::Wait => self.waiting.hold(queued, needs),
-                        Verdict::Impossible(evalue) => {
-                            self.finish_unsent(
-                                queued.request,
-                                IMPOSSIBLE_DEPENDENCY,
-                                &evalue,
-                                "error",
-                            )
-                            .await
-                        }
-                    }
+                    // Judged with the others in `dispatch`: queued at once if they are met.
+                    self.waiting.hold(queued, needs);
                 }
                 self.dispatch().await;
             }
