@@ -12,7 +12,9 @@ How a buffer travels
   nothing behind. A segment is named `parallax-<msg_id>-<index>` for a request's buffers and
   `parallax-<msg_id>-r<index>` for its reply's, after the request's msg_id (a random uuid): both
   sides know from the request alone which names could exist for it. A call sent to several
-  engines is written once and linked under one name per request.
+  engines is written once and linked under one name per request, every name made before the
+  first request leaves: a reader unlinks its name at once, and a file left with no name cannot
+  be named again.
 - In the message, the buffer's frame is replaced by a descriptor, JSON `{"name": .., "size": ..}`,
   and a header frame goes first: `MAGIC` followed by JSON `{"segments": [frame indices]}`, counted
   in the frames after the header. The pickle frame that otherwise comes first always starts with
@@ -222,14 +224,11 @@ def unlink_prefix(prefix: str) -> None:
 
 
 class Outgoing:
-    """The frames of one outgoing call or result, its large buffers written to shared memory on
-    first use and named once per message (`for_message`). `close()` drops the unnamed files: what
-    was named stays for its readers."""
+    """The frames of one outgoing call or result, its large buffers written to shared memory once
+    and named for each message that carries it (`name`)."""
 
     def __init__(self, frames: list[Any]) -> None:
         self.frames = frames
-        self._files: dict[int, tuple[int, int]] | None = None  # frame index → (fd, size)
-        self._unavailable = False
         self.fallback: str | None = None  # why the large buffers travel as frames, if they do
 
     def _fall_back(self, reason: str) -> None:
@@ -249,19 +248,16 @@ class Outgoing:
                 views[index] = view if view.format == "B" and view.ndim == 1 else view.cast("B")
         return views
 
-    def _write(self) -> dict[int, tuple[int, int]]:
-        """Write the large buffers to unnamed files (none when there is nothing to write or no
-        room for it)."""
-        large = self._large()
-        files: dict[int, tuple[int, int]] = {}
-        if not large:
-            return files
+    def _write(self, large: dict[int, memoryview]) -> dict[int, tuple[int, int]]:
+        """Write the large buffers to unnamed files (frame index → (fd, size)); none when there
+        is no room for them."""
         total = sum(view.nbytes for view in large.values())
         space = os.statvfs(SHM_DIR)
         free = space.f_bavail * space.f_frsize
         if free < total:
             self._fall_back(f"{SHM_DIR} has {free} bytes free, {total} needed")
-            return files
+            return {}
+        files: dict[int, tuple[int, int]] = {}
         try:
             for index, view in large.items():
                 fd = os.open(SHM_DIR, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
@@ -270,47 +266,58 @@ class Outgoing:
                 while written < view.nbytes:
                     written += os.write(fd, view[written:])
         except BaseException:
-            for fd, _size in files.values():
-                os.close(fd)
+            _close(files)
             raise
         return files
 
-    def for_message(self, prefix: str) -> tuple[list[Any], list[str]]:
-        """(frames of one message, names of the segments made for it): each large buffer named
-        `prefix<index>`. The plain frames, and no names, when shared memory is unavailable."""
-        if self._unavailable:
-            return self.frames, []
-        if self._files is None:
-            try:
-                self._files = self._write()
-            except OSError as exc:
-                self._unavailable = True
-                self._fall_back(f"cannot write to {SHM_DIR}: {exc}")
-                return self.frames, []
-        if not self._files:
-            return self.frames, []
-        descriptors: dict[int, dict[str, Any]] = {}
+    def name(self, prefixes: list[str]) -> list[tuple[list[Any], list[str]]]:
+        """For each prefix, (frames of one message, names of the segments made for it): each
+        large buffer named `prefix<index>`. The plain frames, and no names, for every message
+        when shared memory is unavailable. Call it once, before any of the messages is sent:
+        their readers unlink the names they read, and a file whose every name has been removed
+        can never be named again (linkat refuses an unlinked file with ENOENT; only an
+        `O_TMPFILE` file that was never linked is exempt), so a name made after the first
+        reader has read its own would fail at random."""
+        plain: list[tuple[list[Any], list[str]]] = [(self.frames, []) for _ in prefixes]
+        large = self._large()
+        if not large or not prefixes:
+            return plain
+        try:
+            files = self._write(large)
+        except OSError as exc:
+            self._fall_back(f"cannot write to {SHM_DIR}: {exc}")
+            return plain
+        if not files:
+            return plain
+        named: list[str] = []
         try:
             directory = os.open(SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                for index, (fd, size) in self._files.items():
-                    name = f"{prefix}{index}"
-                    # With a directory fd, os.link is linkat(AT_SYMLINK_FOLLOW), which names the
-                    # file the /proc link points to (plain link() would fail with EXDEV).
-                    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory)
-                    descriptors[index] = {"name": name, "size": size}
+                messages = []
+                for prefix in prefixes:
+                    descriptors: dict[int, dict[str, Any]] = {}
+                    for index, (fd, size) in files.items():
+                        name = f"{prefix}{index}"
+                        # With a directory fd, os.link is linkat(AT_SYMLINK_FOLLOW), which names
+                        # the file the /proc link points to (plain link() fails with EXDEV).
+                        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory)
+                        named.append(name)
+                        descriptors[index] = {"name": name, "size": size}
+                    messages.append((encode(self.frames, descriptors), [d["name"] for d in descriptors.values()]))
             finally:
                 os.close(directory)
         except OSError as exc:
-            unlink(d["name"] for d in descriptors.values())
+            unlink(named)
             self._fall_back(f"cannot name a segment in {SHM_DIR}: {exc}")
-            return self.frames, []
-        return encode(self.frames, descriptors), [d["name"] for d in descriptors.values()]
+            return plain
+        finally:
+            _close(files)
+        return messages
 
-    def close(self) -> None:
-        for fd, _size in (self._files or {}).values():
-            os.close(fd)
-        self._files = {}
+
+def _close(files: dict[int, tuple[int, int]]) -> None:
+    for fd, _size in files.values():
+        os.close(fd)
 
 
 # -- reply segments an engine wrote ------------------------------------------------------------------

@@ -536,45 +536,47 @@ class Client(TaskDatabase):
             raise
         return task
 
-    def _submit_apply(
-        self, call: list[Any] | _shm.Outgoing, metadata: dict[str, Any], engine_id: int | None = None,
-        chunk: int = 1, label: Any = None, track: bool = False
-    ) -> Task:
-        """Send an apply_request carrying `call` (its frames, or an `Outgoing` shared by several
-        requests). Its large buffers go through shared memory to an engine that shares it (never
-        load-balanced requests, see `_shm`), and the request offers a reply the same way."""
-        self._check_usable()
-        header = self.session.header("apply_request")
-        msg_id = header["msg_id"]
-        buffers = call.frames if isinstance(call, _shm.Outgoing) else call
-        if self._shm_offer is not None:
-            metadata = {**metadata, "shm": self._shm_offer}
-            if engine_id is not None and self._shares_memory(engine_id):
-                outgoing = call if isinstance(call, _shm.Outgoing) else _shm.Outgoing(call)
-                try:
-                    buffers, segments = outgoing.for_message(_shm.request_prefix(msg_id))
-                finally:
-                    if outgoing is not call:
-                        outgoing.close()
-                if segments:
-                    self._segments[msg_id] = segments
-        try:
-            return self._submit("apply_request", content={}, metadata=metadata, buffers=buffers,
-                                engine_id=engine_id, chunk=chunk, label=label, header=header, track=track)
-        except BaseException:
-            self._forget_segments(msg_id)
-            raise
+    def _submit_apply(self, call: list[Any], metadata: dict[str, Any], engine_id: int | None = None,
+                      chunk: int = 1, label: Any = None, track: bool = False) -> Task:
+        """Send one apply_request carrying `call` (see `_submit_applies`)."""
+        return self._submit_applies(call, [(metadata, engine_id)], chunk=chunk, label=label, track=track)[0]
 
     def _submit_apply_each(self, call: list[Any], engine_ids: list[int], label: Any = None,
                            track: bool = False) -> list[Task]:
-        """Send the same call to each engine (direct): large buffers are written to shared
-        memory once, for all the engines that share it."""
-        outgoing = _shm.Outgoing(call)
+        """Send the same call to each engine (direct)."""
+        routes = [({"engine": e}, e) for e in engine_ids]
+        return self._submit_applies(call, routes, label=label, track=track)
+
+    def _submit_applies(self, call: list[Any], routes: list[tuple[dict[str, Any], int | None]],
+                        chunk: int = 1, label: Any = None, track: bool = False) -> list[Task]:
+        """Send an apply_request carrying `call` for each (metadata, engine id or None) of
+        `routes`. Its large buffers go through shared memory to the engines that share it (never
+        load-balanced requests, see `_shm`), written once and named for every request before the
+        first leaves; each request offers a reply the same way."""
+        self._check_usable()
+        headers = [self.session.header("apply_request") for _ in routes]
+        messages = [call] * len(routes)
+        if self._shm_offer is not None:
+            routes = [({**metadata, "shm": self._shm_offer}, engine_id) for metadata, engine_id in routes]
+            sharing = [i for i, (_, engine_id) in enumerate(routes)
+                       if engine_id is not None and self._shares_memory(engine_id)]
+            if sharing:
+                prefixes = [_shm.request_prefix(headers[i]["msg_id"]) for i in sharing]
+                for i, (buffers, segments) in zip(sharing, _shm.Outgoing(call).name(prefixes)):
+                    messages[i] = buffers
+                    if segments:
+                        self._segments[headers[i]["msg_id"]] = segments
+        tasks: list[Task] = []
         try:
-            return [self._submit_apply(outgoing, {"engine": e}, engine_id=e, label=label, track=track)
-                    for e in engine_ids]
-        finally:
-            outgoing.close()
+            for header, buffers, (metadata, engine_id) in zip(headers, messages, routes):
+                tasks.append(self._submit("apply_request", content={}, metadata=metadata, buffers=buffers,
+                                          engine_id=engine_id, chunk=chunk, label=label, header=header,
+                                          track=track))
+        except BaseException:
+            for header in headers[len(tasks):]:
+                self._forget_segments(header["msg_id"])
+            raise
+        return tasks
 
     def _submit_execute(self, code: str, engine_id: int, silent: bool = False, label: Any = None) -> Task:
         content = {

@@ -487,11 +487,7 @@ class EngineSupport:
         client_pid = _shm.client_pid_if_shared(request.metadata)
         if client_pid is None or len(buffers) < 2:
             return buffers, []
-        outgoing = _shm.Outgoing(buffers)
-        try:
-            buffers, segments = outgoing.for_message(_shm.reply_prefix(request.msg_id))
-        finally:
-            outgoing.close()
+        ((buffers, segments),) = _shm.Outgoing(buffers).name([_shm.reply_prefix(request.msg_id)])
         self.unclaimed.add(segments, client_pid)
         return buffers, segments
 

@@ -123,11 +123,7 @@ def test_malformed_descriptions_are_refused(header: bytes, descriptor: Any) -> N
 def test_a_large_buffer_is_written_once_and_mapped_by_each_reader() -> None:
     array = np.arange(BIG, dtype=np.float64)
     outgoing = _shm.Outgoing(serialize_result({"a": array, "small": np.ones(3)}))
-    try:
-        first, first_names = outgoing.for_message(f"{UNIT}-one-")
-        second, second_names = outgoing.for_message(f"{UNIT}-two-")
-    finally:
-        outgoing.close()
+    (first, first_names), (second, second_names) = outgoing.name([f"{UNIT}-one-", f"{UNIT}-two-"])
     assert first_names == [f"{UNIT}-one-1"] and second_names == [f"{UNIT}-two-1"]
     assert os.stat(f"/dev/shm/{first_names[0]}").st_ino == os.stat(f"/dev/shm/{second_names[0]}").st_ino
     assert os.stat(f"/dev/shm/{first_names[0]}").st_mode & 0o777 == 0o600
@@ -140,17 +136,13 @@ def test_a_large_buffer_is_written_once_and_mapped_by_each_reader() -> None:
 
 def test_small_buffers_stay_frames() -> None:
     frames = serialize_call(len, (np.zeros(1000),))
-    outgoing = _shm.Outgoing(frames)
-    assert outgoing.for_message(f"{UNIT}-small-") == (frames, [])
-    outgoing.close()
+    assert _shm.Outgoing(frames).name([f"{UNIT}-small-"]) == [(frames, [])]
 
 
 def test_without_dev_shm_buffers_travel_as_frames(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(_shm, "SHM_DIR", str(tmp_path / "missing"))
     frames = serialize_result(np.zeros(BIG))
-    outgoing = _shm.Outgoing(frames)
-    assert outgoing.for_message(f"{UNIT}-none-") == (frames, [])
-    outgoing.close()
+    assert _shm.Outgoing(frames).name([f"{UNIT}-none-"]) == [(frames, [])]
 
 
 class _Os:
@@ -171,9 +163,8 @@ def test_a_full_dev_shm_falls_back_to_frames_and_leaves_nothing(monkeypatch: pyt
     monkeypatch.setattr(_shm, "os", _Os(write=_no_space))
     frames = serialize_result(np.zeros(BIG))
     outgoing = _shm.Outgoing(frames)
-    assert outgoing.for_message(f"{UNIT}-full-") == (frames, [])
-    assert outgoing.for_message(f"{UNIT}-full2-") == (frames, []), "not tried again for the next message"
-    outgoing.close()
+    assert outgoing.name([f"{UNIT}-full-", f"{UNIT}-full2-"]) == [(frames, []), (frames, [])]
+    assert outgoing.fallback is not None and "No space left" in outgoing.fallback
     assert not unit_segments("full", "full2")
 
 
@@ -181,15 +172,11 @@ def test_too_little_room_in_dev_shm_falls_back_to_frames(monkeypatch: pytest.Mon
     room = os.statvfs_result((4096, 4096, 100, 10, 10, 100, 10, 10, 0, 255))
     monkeypatch.setattr(_shm, "os", _Os(statvfs=lambda path: room))
     frames = serialize_result(np.zeros(BIG))
-    outgoing = _shm.Outgoing(frames)
-    assert outgoing.for_message(f"{UNIT}-room-") == (frames, [])
-    outgoing.close()
+    assert _shm.Outgoing(frames).name([f"{UNIT}-room-"]) == [(frames, [])]
 
 
 def test_a_consumed_segment_is_explained() -> None:
-    outgoing = _shm.Outgoing(serialize_result(np.zeros(BIG)))
-    frames, _names = outgoing.for_message(f"{UNIT}-once-")
-    outgoing.close()
+    ((frames, _names),) = _shm.Outgoing(serialize_result(np.zeros(BIG))).name([f"{UNIT}-once-"])
     deserialize_result(frames)
     with pytest.raises(_shm.SegmentError, match="does not exist. A segment is read once"):
         deserialize_result(frames)
@@ -199,10 +186,7 @@ def test_the_engine_sweeps_reply_segments_of_exited_clients() -> None:
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
     outgoing = _shm.Outgoing(serialize_result(np.zeros(BIG)))
-    _, orphaned = outgoing.for_message(f"{UNIT}-orphan-")
-    _, waiting = outgoing.for_message(f"{UNIT}-waiting-")
-    _, read = outgoing.for_message(f"{UNIT}-read-")
-    outgoing.close()
+    (_, orphaned), (_, waiting), (_, read) = outgoing.name([f"{UNIT}-{tag}-" for tag in ("orphan", "waiting", "read")])
     unclaimed = _shm.Unclaimed()
     unclaimed.add(orphaned, exited.pid)
     unclaimed.add(waiting + read, os.getpid())
@@ -261,6 +245,36 @@ def test_requests_to_engines_on_this_host_carry_segments(
         assert np.array_equal(pushed, array)
         assert in_mapping(pushed), f"engine {engine_id} got a copy; shares memory: " \
             f"{fake_rc._shares_memory(engine_id)}, fell back: {fallbacks}"
+    assert not segments_of(ar.msg_ids)
+
+
+def test_an_engine_that_reads_its_segment_at_once_leaves_the_others_theirs(
+    fake_rc: parallax.Client, local_fake: FakeController, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a push to two engines named the second engine's segment only after sending
+    the first request. When the first reader had already unlinked its name, the file had no name
+    left and could not be named again (`linkat` fails with ENOENT), so the second engine got a
+    copy. Here each request is read before the next is sent, the worst case of that race."""
+    fallbacks: list[str] = []
+    fall_back = _shm.Outgoing._fall_back
+    monkeypatch.setattr(_shm.Outgoing, "_fall_back", lambda self, why: (fallbacks.append(why), fall_back(self, why)))
+    send = fake_rc._send
+
+    def send_and_wait_until_read(item: Any) -> int:
+        number = send(item)
+        names = fake_rc._segments.get(item[0]["msg_id"], []) if isinstance(item, tuple) else []
+        wait_until(lambda: not any(os.path.exists(os.path.join(_shm.SHM_DIR, n)) for n in names), DEADLINE,
+                   f"the fake engine to read {names}")
+        return number
+
+    monkeypatch.setattr(fake_rc, "_send", send_and_wait_until_read)
+    array = np.random.rand(BIG)
+    ar = fake_rc[:].push({"a": array}, block=False)
+    ar.get(5)
+    assert not fallbacks
+    for engine_id in (0, 1):
+        pushed = local_fake.namespaces[engine_id]["a"]
+        assert np.array_equal(pushed, array) and in_mapping(pushed), f"engine {engine_id} got a copy"
     assert not segments_of(ar.msg_ids)
 
 
