@@ -396,7 +396,8 @@ def parallax_cli(args: list[str], env: dict[str, str], timeout: float = CLUSTER_
 def start_cluster(env: IsolatedEnv, profile: str = "default", n: int = 2) -> Cluster:
     """Start a cluster of `n` engines for `profile` in `env`; returns once every engine is ready.
     Engines run ipykernel from this Python (`PARALLAX_PYTHON`)."""
-    cluster_env = {**env.environ(), "PARALLAX_PYTHON": sys.executable}
+    # Lifecycle events (engines, interrupts) in the profile's logs, for `cluster_diagnostics`.
+    cluster_env = {"RUST_LOG": "info", **env.environ(), "PARALLAX_PYTHON": sys.executable}
     # ipykernel stops forwarding output written to file descriptors when it sees this variable;
     # the engines' kernels must behave as they do outside the tests.
     cluster_env.pop("PYTEST_CURRENT_TEST", None)
@@ -411,6 +412,29 @@ def start_cluster(env: IsolatedEnv, profile: str = "default", n: int = 2) -> Clu
         stop_cluster(cluster)
         raise
     return cluster
+
+
+def cluster_diagnostics(cluster: Cluster) -> str:
+    """What a failing test prints about `cluster`: the tail of every log of its profile, and the
+    Python stacks of each of its processes that runs Python (the engines' kernels), by py-spy."""
+    parts = []
+    for log in sorted((cluster.profile_dir / "log").glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-60:]
+        parts.append(f"--- {log.name} (last {len(lines)} lines)\n" + "\n".join(lines))
+    py_spy = Path(sys.executable).with_name("py-spy")
+    for pid in sorted(processes_using(cluster.parallax_dir)):
+        try:
+            if "python" not in Path(os.readlink(f"/proc/{pid}/exe")).name:
+                continue
+        except OSError:
+            continue
+        try:
+            dump = subprocess.run([str(py_spy), "dump", "--pid", str(pid)], capture_output=True, text=True,
+                                  timeout=30, check=False)
+            parts.append(f"--- py-spy dump of {describe({pid})}\n{dump.stdout}{dump.stderr}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            parts.append(f"--- py-spy dump of {pid} failed: {exc}")
+    return "\n".join(parts)
 
 
 def stop_cluster(cluster: Cluster) -> None:

@@ -290,6 +290,7 @@ impl Hub {
                 }
             }
         }
+        tracing::info!(?interrupted, ?problems, ?signal, "interrupt requested");
         let content = if problems.is_empty() {
             json!({"status": "ok", "engines": interrupted})
         } else {

@@ -311,7 +311,14 @@ impl Engine {
                     .ok()
                     .and_then(|r| r.signal);
                 if let KernelState::Ready(kernel) = &self.kernel {
+                    tracing::info!(
+                        pid = kernel.process.pid(),
+                        ?signal,
+                        "interrupting the kernel"
+                    );
                     kernel.interrupt(signal.as_deref()).await;
+                } else {
+                    tracing::warn!("an interrupt arrived while no kernel runs");
                 }
                 self.reply(&message, &json!({ "status": "ok" })).await;
             }

@@ -653,8 +653,10 @@ impl Kernel {
         let notice = interrupt_notice(signal);
         self.emit_active(&notice).await;
         if let Some(client) = &self.cluster {
-            if let Err(error) = client.interrupt(Some(engines), Some(signal_name)).await {
-                tracing::warn!(%error, "could not interrupt the engines");
+            tracing::info!(?engines, signal = %signal_name, "interrupting the engines");
+            match client.interrupt(Some(engines), Some(signal_name)).await {
+                Ok(interrupted) => tracing::info!(?interrupted, "the controller interrupted"),
+                Err(error) => tracing::warn!(%error, "could not interrupt the engines"),
             }
         }
         true
