@@ -7,6 +7,7 @@
 //! [`PxRun::finish`] gives the grouped output (when not streaming) and the cell's error, if any.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parallax_magics::{
     final_error, render_grouped_with, user_frames, AbortReason, Emit, EngineError, EngineOutput,
@@ -49,9 +50,11 @@ struct Reply {
 }
 
 impl PxRun {
-    /// A run of `options` on `engines`; `display_prefix` makes the blocks' display ids unique
-    /// (the cell's msg_id).
-    pub fn new(options: PxOptions, engines: Vec<u32>, display_prefix: &str) -> Self {
+    /// A run of `options` on `engines`; `cell` (the cell's msg_id) and a number of the step
+    /// make its display ids unique, so two steps of one cell never update each other's blocks.
+    pub fn new(options: PxOptions, engines: Vec<u32>, cell: &str) -> Self {
+        static STEPS: AtomicU64 = AtomicU64::new(0);
+        let display_prefix = format!("{cell}-{}", STEPS.fetch_add(1, Ordering::Relaxed));
         PxRun {
             renderer: StreamRenderer::with_style(format!("px-{display_prefix}"), STYLE),
             options,
@@ -62,7 +65,7 @@ impl PxRun {
             aborted: Vec::new(),
             started: Instant::now(),
             progress: None,
-            display_prefix: display_prefix.to_owned(),
+            display_prefix,
         }
     }
 
@@ -182,7 +185,7 @@ impl PxRun {
     pub fn finish(&self, group: Option<GroupBy>) -> (Vec<Emit>, Option<ErrorContent>) {
         let streamed = self.options.stream && group.is_none();
         let emits = if streamed {
-            Vec::new()
+            self.renderer.finish().0
         } else {
             render_grouped_with(
                 &self.outputs,

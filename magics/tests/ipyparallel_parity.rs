@@ -186,28 +186,119 @@ fn assert_same(case: &str, ours: Vec<Value>) {
     assert_eq!(normalise(&ours), normalise(want), "case {case}");
 }
 
-fn streamed(outputs: &[EngineOutput]) -> (Vec<Value>, StreamRenderer) {
+/// What a streamed step shows for `outputs`: its emits, then what the step's end adds (the
+/// tracebacks and the cell's error).
+fn streamed(outputs: &[EngineOutput]) -> Vec<Value> {
     let mut r = StreamRenderer::new("px-cell");
     let mut emits = Vec::new();
     for o in outputs {
         emits.extend(r.push(o));
     }
-    (observed_shape(&emits), r)
+    let (tail, error) = r.finish();
+    emits.extend(tail);
+    let mut shapes = observed_shape(&emits);
+    shapes.extend(error.as_ref().map(error_shape));
+    shapes
 }
 
-fn streamed_with_error(outputs: &[EngineOutput]) -> Vec<Value> {
-    let (mut shapes, r) = streamed(outputs);
-    if let Some(e) = r.finish() {
-        shapes.push(error_shape(&e));
+/// What a notebook saves of a message list: each display as its last update left it, without
+/// display ids, consecutive writes to one stream joined.
+fn saved(messages: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut ids: Vec<Option<String>> = Vec::new();
+    for m in normalise(messages) {
+        let id = m
+            .get("display_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if m["type"] == "update_display_data" {
+            if let Some(at) = ids.iter().position(|i| i.is_some() && *i == id) {
+                out[at]["data"] = m["data"].clone();
+            }
+            continue;
+        }
+        let mut m = m;
+        if let Some(fields) = m.as_object_mut() {
+            fields.remove("display_id");
+        }
+        ids.push(id);
+        out.push(m);
     }
-    shapes
+    out
+}
+
+/// The engine a saved display shows: its metadata's, else its `[stdout:N]`-style prefix.
+fn engine_of(display: &Value) -> u64 {
+    let md = &display["metadata"];
+    if let Some(id) = md["engine_id"].as_u64().or_else(|| md["engine"].as_u64()) {
+        return id;
+    }
+    let text = display["data"]["text/plain"].as_str().unwrap_or_default();
+    let digits: String = text
+        .split_once(':')
+        .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_default();
+    digits.parse().unwrap_or(u64::MAX)
+}
+
+/// A recording of ipyparallel's streamed step (saved, in arrival order) as Parallax shows it:
+/// what came before the engines' output (notices), then the displays in engine order (arrival
+/// order within an engine), then the stderr tracebacks, cut at their `[N:execute]` headers and
+/// put in engine order, then the cell's error.
+fn in_engine_order(saved: Vec<Value>) -> Vec<Value> {
+    let is_traceback = |m: &Value| {
+        m["type"] == "stream" && m["text"].as_str().is_some_and(|t| t.contains(":execute]"))
+    };
+    let first = saved
+        .iter()
+        .position(|m| m["type"] == "display_data" || is_traceback(m))
+        .unwrap_or(saved.len());
+    let mut saved = saved;
+    let rest = saved.split_off(first);
+    let (mut displays, rest): (Vec<Value>, Vec<Value>) =
+        rest.into_iter().partition(|m| m["type"] == "display_data");
+    displays.sort_by_key(engine_of);
+    let mut sections: Vec<(u64, String)> = Vec::new();
+    let mut errors = Vec::new();
+    for m in rest {
+        if !is_traceback(&m) {
+            errors.push(m);
+            continue;
+        }
+        for line in m["text"].as_str().unwrap_or_default().split_inclusive('\n') {
+            let header = line
+                .strip_prefix('[')
+                .and_then(|l| l.split_once(":execute]"))
+                .and_then(|(n, _)| n.parse().ok());
+            match (header, sections.last_mut()) {
+                (None, Some((_, text))) => text.push_str(line),
+                _ => sections.push((header.unwrap_or(u64::MAX), line.to_owned())),
+            }
+        }
+    }
+    sections.sort_by_key(|(engine, _)| *engine);
+    let text: String = sections.into_iter().map(|(_, text)| text).collect();
+    if !text.is_empty() {
+        displays.push(json!({"type": "stream", "name": "stderr", "text": text}));
+    }
+    displays.extend(errors);
+    saved.extend(displays);
+    saved
+}
+
+/// Our streamed step against ipyparallel's recording of `case`, both as a notebook saves them,
+/// the recording put in engine order.
+fn assert_same_saved(case: &str, ours: Vec<Value>) {
+    let want = fixture(case);
+    let want = want["iopub"].as_array().expect("iopub list");
+    assert_eq!(saved(&ours), in_engine_order(saved(want)), "case {case}");
 }
 
 #[test]
 fn stream_stdout() {
-    assert_same(
+    assert_same_saved(
         "stream_stdout",
-        streamed(&[stdout(0, "hi\n"), stdout(1, "hi\n")]).0,
+        streamed(&[stdout(0, "hi\n"), stdout(1, "hi\n")]),
     );
 }
 
@@ -219,14 +310,14 @@ fn stream_updates_send_the_whole_text() {
         stdout(1, "b\n"),
         stdout(0, "b\n"),
     ];
-    assert_same("stream_updates", streamed(&outputs).0);
+    assert_same_saved("stream_updates", streamed(&outputs));
 }
 
 #[test]
 fn stream_stderr() {
-    assert_same(
+    assert_same_saved(
         "stream_stderr",
-        streamed(&[stderr(0, "e\n"), stderr(1, "e\n")]).0,
+        streamed(&[stderr(0, "e\n"), stderr(1, "e\n")]),
     );
 }
 
@@ -238,52 +329,52 @@ fn stream_without_trailing_newline() {
         stdout(1, "no newline"),
         stderr(1, "err no newline"),
     ];
-    assert_same("stream_no_trailing_newline", streamed(&outputs).0);
+    assert_same_saved("stream_no_trailing_newline", streamed(&outputs));
 }
 
 #[test]
 fn stream_results() {
-    assert_same(
+    assert_same_saved(
         "stream_result",
-        streamed(&[result(0, 3, "10"), result(1, 3, "10")]).0,
+        streamed(&[result(0, 3, "10"), result(1, 3, "10")]),
     );
     let long: String = {
         let items: Vec<String> = (0..40).map(|i| i.to_string()).collect();
         format!("[{}]", items.join(",\n "))
     };
     let outputs = [result(0, 4, &long), result(1, 4, &long)];
-    assert_same("stream_multiline_result", streamed(&outputs).0);
+    assert_same_saved("stream_multiline_result", streamed(&outputs));
 }
 
 #[test]
 fn stream_rich_display() {
-    assert_same(
+    assert_same_saved(
         "stream_display",
-        streamed(&[html(0, "<b>x</b>"), html(1, "<b>x</b>")]).0,
+        streamed(&[html(0, "<b>x</b>"), html(1, "<b>x</b>")]),
     );
 }
 
 #[test]
 fn stream_errors_then_already_displayed() {
     let outputs = [zero_division(1, 9), zero_division(0, 9)];
-    assert_same("stream_errors", streamed_with_error(&outputs));
+    assert_same_saved("stream_errors", streamed(&outputs));
 
     let nested = |engine| {
         let tb = engine_tb("nested_function", "In[2]", "In[11]");
         error(engine, "ZeroDivisionError", "division by zero", tb)
     };
-    assert_same(
+    assert_same_saved(
         "stream_errors_in_function",
-        streamed_with_error(&[nested(1), nested(0)]),
+        streamed(&[nested(1), nested(0)]),
     );
 
     let syntax = |engine, cell: u32| {
         let tb = engine_tb("syntax_error", "In[4]", &format!("In[{cell}]"));
         error(engine, "SyntaxError", "incomplete input", tb)
     };
-    assert_same(
+    assert_same_saved(
         "stream_syntax_error",
-        streamed_with_error(&[syntax(1, 27), syntax(0, 31)]),
+        streamed(&[syntax(1, 27), syntax(0, 31)]),
     );
 }
 
@@ -293,7 +384,37 @@ fn stream_errors_past_the_limit_are_one_line() {
         .iter()
         .map(|&e| zero_division(e, 2))
         .collect();
-    assert_same("stream_errors_5_engines", streamed_with_error(&outputs));
+    // ipyparallel gave the whole traceback to the first four to arrive (0, 4, 3, 2) and one
+    // line to engine 1; Parallax gives it to the four lowest ids, so engine 4 gets the line.
+    let want = fixture("stream_errors_5_engines");
+    let want = in_engine_order(saved(want["iopub"].as_array().expect("iopub list")));
+    let text = want[0]["text"].as_str().expect("the tracebacks");
+    let (whole, line) = (section(text, 0), section(text, 1));
+    let expected: String = (0..5)
+        .map(|e| {
+            let shown = if e < 4 { &whole } else { &line };
+            shown.replacen(
+                &format!("[{}:execute]", if e < 4 { 0 } else { 1 }),
+                &format!("[{e}:execute]"),
+                1,
+            )
+        })
+        .collect();
+    let ours = saved(&streamed(&outputs));
+    assert_eq!(ours[0]["text"].as_str(), Some(expected.as_str()));
+    assert_eq!(ours[1..], want[1..]);
+}
+
+/// Engine `engine`'s section of stderr tracebacks (from its `[N:execute]` header to the next).
+fn section(text: &str, engine: u32) -> String {
+    let header = format!("[{engine}:execute]");
+    let start = text.find(&header).expect("the engine's section");
+    let rest = &text[start + header.len()..];
+    let end = rest
+        .find(":execute]")
+        .and_then(|i| rest[..i].rfind('['))
+        .unwrap_or(rest.len());
+    text[start..start + header.len() + end].to_owned()
 }
 
 #[test]
@@ -405,8 +526,8 @@ fn verbose_notices() {
     assert_same("verbose_noblock_pending", noblock);
 
     let mut slice = notice(true, "1:");
-    slice.extend(streamed(&[stdout(1, "2\n")]).0);
-    assert_same("verbose_slice_targets", slice);
+    slice.extend(streamed(&[stdout(1, "2\n")]));
+    assert_same_saved("verbose_slice_targets", slice);
 
     let mut list = notice(false, "[0,1]");
     list.extend(observed_shape(&[pending_result()]));
@@ -450,9 +571,9 @@ fn mixed_cell_plan_and_output() {
         })
         .collect();
     assert_eq!(kinds, ["a=1", "b=2", "print(a)"]);
-    assert_same(
+    assert_same_saved(
         "mixed_cell",
-        streamed(&[stdout(1, "1\n"), stdout(0, "1\n")]).0,
+        streamed(&[stdout(1, "1\n"), stdout(0, "1\n")]),
     );
 }
 

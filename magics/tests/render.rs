@@ -236,44 +236,130 @@ fn streaming_blocks_per_engine_and_stream() {
     ] {
         emits.extend(r.push(&o));
     }
+    // Engine 0's outputs come before engine 1's: its stderr block moves engine 1's stdout
+    // down one slot, and so does its result after engine 1's display.
     assert_eq!(
         snap(&emits),
         [
-            r#"display[px-abc-0-stdout]: {"text/plain":"[stdout:0] a"} {}"#,
-            r#"display[px-abc-1-stdout]: {"text/plain":"[stdout:1] x\n"} {}"#,
-            r#"display[px-abc-0-stderr]: {"text/plain":"[stderr:0] oops\n"} {}"#,
-            r#"update[px-abc-0-stdout]: {"text/plain":"[stdout:0] ab\n"}"#,
-            r#"display: {"text/plain":"[output:1]"} {}"#,
-            r#"display: {"image/png":"iVBOR","text/plain":"fig"} {"engine":1,"image/png":{"width":10}}"#,
-            r#"display: {"text/html":"<p>[1,\n 2]</p>","text/plain":"Out[0:12]: \n[1,\n 2]"} {"engine_id":0}"#,
-            r#"update[px-abc-1-stdout]: {"text/plain":"[stdout:1] x\ny\n"}"#,
+            r#"display[px-abc-0]: {"text/plain":"[stdout:0] a"} {}"#,
+            r#"display[px-abc-1]: {"text/plain":"[stdout:1] x\n"} {}"#,
+            r#"update[px-abc-1]: {"text/plain":"[stderr:0] oops\n"}"#,
+            r#"display[px-abc-2]: {"text/plain":"[stdout:1] x\n"} {}"#,
+            r#"update[px-abc-0]: {"text/plain":"[stdout:0] ab\n"}"#,
+            r#"display[px-abc-3]: {"text/plain":"[output:1]"} {}"#,
+            r#"display[px-abc-4]: {"image/png":"iVBOR","text/plain":"fig"} {"engine":1,"image/png":{"width":10}}"#,
+            r#"update[px-abc-2]: {"text/html":"<p>[1,\n 2]</p>","text/plain":"Out[0:12]: \n[1,\n 2]"}"#,
+            r#"update[px-abc-3]: {"text/plain":"[stdout:1] x\n"}"#,
+            r#"update[px-abc-4]: {"text/plain":"[output:1]"}"#,
+            r#"display[px-abc-5]: {"image/png":"iVBOR","text/plain":"fig"} {"engine":1,"image/png":{"width":10}}"#,
+            r#"update[px-abc-3]: {"text/plain":"[stdout:1] x\ny\n"}"#,
+        ]
+    );
+    assert_eq!(
+        final_blocks(&emits),
+        [
+            "[stdout:0] ab\n",
+            "[stderr:0] oops\n",
+            "Out[0:12]: \n[1,\n 2]",
+            "[stdout:1] x\ny\n",
+            "[output:1]",
+            "fig",
         ]
     );
     assert_eq!(r.text(0, StreamName::Stdout), Some("ab\n"));
-    assert_eq!(r.display_id(2, StreamName::Stderr), "px-abc-2-stderr");
-    assert_eq!(r.finish(), None);
+    assert_eq!(r.finish(), (Vec::new(), None));
+}
+
+/// The text/plain of each slot once every update has been applied, in slot order (what a
+/// notebook saves).
+fn final_blocks(emits: &[Emit]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    for emit in emits {
+        let (data, id) = match emit {
+            Emit::DisplayData {
+                data,
+                display_id: Some(id),
+                ..
+            } => {
+                ids.push(id.clone());
+                texts.push(String::new());
+                (data, id)
+            }
+            Emit::UpdateDisplayData {
+                data, display_id, ..
+            } => (data, display_id),
+            _ => continue,
+        };
+        if let Some(at) = ids.iter().position(|i| i == id) {
+            texts[at] = data["text/plain"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+    texts
+}
+
+#[test]
+fn streamed_blocks_end_in_engine_order_whatever_the_arrival_order() {
+    // Each engine prints, then returns its value; the engines interleave differently each run.
+    let arrivals = [
+        vec![
+            so(2, "c\n"),
+            so(0, "a\n"),
+            so(1, "b\n"),
+            res(1, 3, "1"),
+            so(0, "a2\n"),
+        ],
+        vec![
+            so(0, "a\n"),
+            so(1, "b\n"),
+            so(0, "a2\n"),
+            so(2, "c\n"),
+            res(1, 3, "1"),
+        ],
+        vec![
+            so(1, "b\n"),
+            res(1, 3, "1"),
+            so(0, "a\n"),
+            so(2, "c\n"),
+            so(0, "a2\n"),
+        ],
+    ];
+    let want = [
+        "[stdout:0] a\na2\n",
+        "[stdout:1] b\n",
+        "Out[1:3]: 1",
+        "[stdout:2] c\n",
+    ];
+    for (run, outputs) in arrivals.iter().enumerate() {
+        let mut r = StreamRenderer::with_style("p", PLAIN);
+        let emits: Vec<Emit> = outputs.iter().flat_map(|o| r.push(o)).collect();
+        assert_eq!(final_blocks(&emits), want, "run {run}");
+    }
 }
 
 #[test]
 fn streaming_errors() {
     let mut r = StreamRenderer::new("p");
-    let mut emits = Vec::new();
-    for e in [3, 1, 0, 2, 4, 5] {
-        emits.extend(r.push(&err(e)));
+    for e in [3, 1, 5, 0, 2, 4] {
+        assert!(
+            r.push(&err(e)).is_empty(),
+            "tracebacks wait for the step's end"
+        );
     }
+    let (emits, error) = r.finish();
     assert_eq!(
         snap(&emits),
         [
-            r#"stderr: "[3:execute]\nTraceback\nValueError: bad 3\n""#,
-            r#"stderr: "[1:execute]\nTraceback\nValueError: bad 1\n""#,
             r#"stderr: "[0:execute]\nTraceback\nValueError: bad 0\n""#,
+            r#"stderr: "[1:execute]\nTraceback\nValueError: bad 1\n""#,
             r#"stderr: "[2:execute]\nTraceback\nValueError: bad 2\n""#,
+            r#"stderr: "[3:execute]\nTraceback\nValueError: bad 3\n""#,
             r#"stderr: "[4:execute] ValueError: bad\n""#,
             r#"stderr: "[5:execute] ValueError: bad\n""#,
         ]
     );
     assert_eq!(r.error_count(), 6);
-    assert_eq!(r.finish(), Some(already_displayed_error(6)));
+    assert_eq!(error, Some(already_displayed_error(6)));
 }
 
 #[test]
@@ -451,6 +537,6 @@ fn emits_and_outputs_have_a_stable_json_form() {
     assert_eq!(
         e,
         json!([{"type": "display_data", "data": {"text/plain": "[stdout:1] hi"},
-                "metadata": {}, "display_id": "p-1-stdout"}])
+                "metadata": {}, "display_id": "p-0"}])
     );
 }

@@ -185,7 +185,7 @@ fn renderers_show_user_frames() {
     assert!(!shown.iter().any(|l| l.contains("do_apply")));
 
     let mut r = StreamRenderer::new("p");
-    let emits = r.push(&EngineOutput {
+    r.push(&EngineOutput {
         engine: 3,
         kind: OutputKind::Error {
             ename: "ZeroDivisionError".into(),
@@ -193,6 +193,7 @@ fn renderers_show_user_frames() {
             traceback: tb,
         },
     });
+    let (emits, _) = r.finish();
     let text = serde_json::to_value(&emits).expect("json")[0]["text"]
         .as_str()
         .expect("stderr text")
