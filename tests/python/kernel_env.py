@@ -428,6 +428,7 @@ def cluster_diagnostics(cluster: Cluster) -> str:
                 continue
         except OSError:
             continue
+        parts.append(f"--- signal state of {pid}'s threads (SigBlk/SigIgn/SigCgt, pending)\n{signal_state(pid)}")
         try:
             dump = subprocess.run([str(py_spy), "dump", "--pid", str(pid)], capture_output=True, text=True,
                                   timeout=30, check=False)
@@ -435,6 +436,19 @@ def cluster_diagnostics(cluster: Cluster) -> str:
         except (OSError, subprocess.TimeoutExpired) as exc:
             parts.append(f"--- py-spy dump of {pid} failed: {exc}")
     return "\n".join(parts)
+
+
+def signal_state(pid: int) -> str:
+    """Each thread of `pid`: its name and the signal masks and pending sets /proc reports."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda t: int(t.name)):
+        try:
+            fields = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        keys = ("Name", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+        lines.append(f"{task.name}: " + " ".join(f"{k}={fields.get(k, '?').strip()}" for k in keys))
+    return "\n".join(lines)
 
 
 def stop_cluster(cluster: Cluster) -> None:
