@@ -12,12 +12,14 @@
 //! - [`dispatch`]: the event loop: queueing, forwarding, re-parenting, interrupts, shutdown,
 //!   recovery when the local kernel dies, and plans of cells with parallel magics.
 //! - [`px`]: one parallel step running on the engines, and its rendering.
+//! - [`owned`]: the cluster a kernel started, stopped when it shuts down.
 
 use std::path::PathBuf;
 
 pub mod dispatch;
 pub mod frontend;
 pub mod local;
+pub mod owned;
 pub mod px;
 
 /// How the kernel was asked to run.
@@ -53,8 +55,13 @@ pub async fn run(options: KernelOptions) -> Result<(), KernelError> {
         profile = %options.profile,
         "parallax kernel serving"
     );
-    dispatch::Kernel::new(front, options.local_kernel, options.profile)
-        .run(signals)
-        .await;
+    dispatch::Kernel::new(
+        front,
+        options.connection_file,
+        options.local_kernel,
+        options.profile,
+    )
+    .run(signals)
+    .await;
     Ok(())
 }

@@ -252,10 +252,13 @@ pub struct ResultOptions {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterCommand {
-    /// `%cluster start [-n N]`: start a cluster for this kernel's profile.
+    /// `%cluster start [-n N] [--keep]`: start a cluster for this kernel's profile.
     Start {
         /// Number of engines; `None`: the launcher's default.
         engines: Option<u32>,
+        /// Leave it running when the kernel shuts down (otherwise the kernel stops it then; a
+        /// restart keeps it).
+        keep: bool,
     },
     /// `%cluster stop`.
     Stop,
@@ -280,6 +283,7 @@ enum Key {
     ProgressAfter,
     Signal,
     Engines,
+    Keep,
 }
 
 const fn spec(
@@ -346,12 +350,15 @@ fn pxconfig_table() -> Vec<OptSpec<Key>> {
 
 const PXRESULT_TABLE: [OptSpec<Key>; 4] = OUTPUT_OPTIONS;
 
-const CLUSTER_START_TABLE: [OptSpec<Key>; 1] = [spec(
-    "engines",
-    Some('n'),
-    Some("a number of engines"),
-    Key::Engines,
-)];
+const CLUSTER_START_TABLE: [OptSpec<Key>; 2] = [
+    spec(
+        "engines",
+        Some('n'),
+        Some("a number of engines"),
+        Key::Engines,
+    ),
+    spec("keep", None, None, Key::Keep),
+];
 
 fn bad_value(magic: &str, f: &Found<Key>, value: &str, expected: &str) -> MagicError {
     MagicError::BadValue {
@@ -419,7 +426,7 @@ fn collect(magic: &str, found: Vec<Found<Key>>) -> Result<Settings, MagicError> 
                 }
                 s.out = Some(value);
             }
-            Key::Engines => {}
+            Key::Engines | Key::Keep => {}
         }
     }
     Ok(s)
@@ -489,7 +496,12 @@ pub(crate) fn parse_cluster(line: &str) -> Result<ClusterCommand, MagicError> {
             let found =
                 parse_options(magic, rest, &CLUSTER_START_TABLE, "use %cluster start -n N")?;
             let mut engines = None;
+            let mut keep = false;
             for f in found {
+                if f.key == Key::Keep {
+                    keep = true;
+                    continue;
+                }
                 let value = f.value.clone().unwrap_or_default();
                 let n: u32 = value
                     .trim()
@@ -499,7 +511,7 @@ pub(crate) fn parse_cluster(line: &str) -> Result<ClusterCommand, MagicError> {
                     .ok_or_else(|| bad_value(magic, &f, &value, "a positive number of engines"))?;
                 engines = Some(n);
             }
-            Ok(ClusterCommand::Start { engines })
+            Ok(ClusterCommand::Start { engines, keep })
         }
         "stop" => no_args(ClusterCommand::Stop, "stop"),
         "status" => no_args(ClusterCommand::Status, "status"),

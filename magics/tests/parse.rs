@@ -142,15 +142,31 @@ fn line_magics_split_the_cell_in_order() {
         ),
         (
             "%cluster start -n 4",
-            vec![Step::Cluster(ClusterCommand::Start { engines: Some(4) })],
+            vec![Step::Cluster(ClusterCommand::Start {
+                engines: Some(4),
+                keep: false,
+            })],
         ),
         (
             "%cluster start",
-            vec![Step::Cluster(ClusterCommand::Start { engines: None })],
+            vec![Step::Cluster(ClusterCommand::Start {
+                engines: None,
+                keep: false,
+            })],
         ),
         (
             "%cluster start --engines=2",
-            vec![Step::Cluster(ClusterCommand::Start { engines: Some(2) })],
+            vec![Step::Cluster(ClusterCommand::Start {
+                engines: Some(2),
+                keep: false,
+            })],
+        ),
+        (
+            "%cluster start -n 2 --keep",
+            vec![Step::Cluster(ClusterCommand::Start {
+                engines: Some(2),
+                keep: true,
+            })],
         ),
         ("%cluster stop", vec![Step::Cluster(ClusterCommand::Stop)]),
         (

@@ -32,6 +32,7 @@ import zmq
 from kernel_env import (
     PARALLAX_BIN,
     REPO,
+    STARTUP_TIMEOUT,
     Cluster,
     Driver,
     Exchange,
@@ -39,11 +40,13 @@ from kernel_env import (
     Kernel,
     assert_no_processes_left,
     cluster_diagnostics,
+    kernel_pid,
     parent_id,
     start_cluster,
     start_kernel,
     stop_cluster,
     stop_kernel,
+    wait_gone,
 )
 
 pytestmark = pytest.mark.parallax_only
@@ -135,13 +138,14 @@ def exact(*outputs: tuple[Any, ...]) -> Expect:
 streamed = exact  # a streamed cell's outputs, which arrive in any order
 
 
+OWNED = "It stops when this kernel shuts down (a restart keeps it); %cluster start --keep leaves it running."
 GROUPED_STDOUT = "to stdout\n"
 GROUPED_STDERR = "to stderr\n"
 
 # Cell id → the outputs the executed notebook must hold. Engine counts (`Out[1:5]`) follow from
 # the cells before: each cell that runs on an engine takes that engine's next count.
 EXPECTED: dict[str, Expect] = {
-    "cluster-start": exact(stdout('Cluster "default" ready: 2 engines (ids 0, 1)\n')),
+    "cluster-start": exact(stdout(f'Cluster "default" ready: 2 engines (ids 0, 1)\n{OWNED}\n')),
     "cluster-status": exact(stdout('Cluster "default": running, 2 engines: 0 (idle), 1 (idle)\n')),
     "px-assign": exact(),
     "px-expr": streamed(out(0, 2, "20"), out(1, 2, "20")),
@@ -393,6 +397,54 @@ def test_a_streamed_cell_saves_the_same_notebook_on_every_run(isolated_env: Isol
     assert printed == [o for e in range(4) for o in (block(e, "out\n"), block(e, "err\n", "stderr"), out(e, 1, "42"))]
     assert [o[1].split("\n", 1)[0] for o in failed[:-1]] == [f"[{e}:execute]" for e in range(4)], failed
     assert failed[-1][:3] == ("error", "AlreadyDisplayedError", "4 errors")
+
+
+def cluster_running(env: IsolatedEnv, profile: str = "default") -> bool:
+    listed = subprocess.run([str(PARALLAX_BIN), "cluster", "list"], env=env.environ(), capture_output=True,
+                            text=True, timeout=30, check=True).stdout
+    return any(line.split()[:2] == [profile, "running"] for line in listed.splitlines())
+
+
+@pytest.mark.timeout(240)
+def test_a_kernel_stops_the_cluster_it_started_when_it_shuts_down(isolated_env: IsolatedEnv) -> None:
+    """`%cluster start` in a kernel: kept across a restart (shutdown_request restart=True), stopped
+    with the kernel's shutdown, leaving no process of the cluster behind."""
+    km, kc = start_kernel()
+    try:
+        ex = Driver(kc).execute("%cluster start -n 1", timeout=90)
+        _ok(ex)
+        assert ex.stream("stdout") == f'Cluster "default" ready: 1 engine (id 0)\n{OWNED}\n', ex.summary()
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        assert cluster_running(isolated_env), "a restart keeps the cluster"
+        ex = Driver(kc).execute("%px print('still here')", timeout=60)
+        assert block_texts(ex) == ["[stdout:0] still here\n"], ex.summary()
+    finally:
+        stop_kernel(km, kc)
+    assert not cluster_running(isolated_env), "shutting the kernel down stops the cluster it started"
+    assert_no_processes_left(isolated_env.vars["PARALLAX_DIR"])
+
+
+@pytest.mark.timeout(240)
+def test_a_cluster_started_with_keep_outlives_its_kernel(isolated_env: IsolatedEnv) -> None:
+    km, kc = start_kernel()
+    pid = kernel_pid(km)
+    try:
+        ex = Driver(kc).execute("%cluster start -n 1 --keep", timeout=90)
+        _ok(ex)
+        assert ex.stream("stdout").endswith(
+            "It keeps running after this kernel shuts down: %cluster stop or "
+            "`parallax cluster stop --profile default` stops it.\n"), ex.summary()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    try:
+        assert not wait_gone({pid}, 30), "the kernel exited"
+        assert cluster_running(isolated_env), "--keep leaves the cluster running"
+    finally:
+        subprocess.run([str(PARALLAX_BIN), "cluster", "stop"], env=isolated_env.environ(), capture_output=True,
+                       timeout=60, check=False)
+        assert_no_processes_left(isolated_env.vars["PARALLAX_DIR"])
 
 
 @pytest.mark.xdist_group("px_magics_notebook")

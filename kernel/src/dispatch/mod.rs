@@ -16,6 +16,7 @@
 //! local kernel has both replied and published `idle` for it.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use parallax_engines::Exit;
@@ -237,6 +238,8 @@ pub struct Kernel {
     stopping: bool,
     /// The cluster profile `%px` uses.
     profile: String,
+    /// The front end's connection file: who owns a cluster started with `%cluster start`.
+    connection_file: PathBuf,
     /// `%pxconfig` defaults and the `%autopx` state.
     px: PxConfig,
     /// The controller of `profile`, once connected.
@@ -282,12 +285,19 @@ async fn recv_from(inbox: Option<&mut parallax_net::Inbox>) -> Option<Message> {
 }
 
 impl Kernel {
-    /// A kernel serving `front`, starting its local kernel `local_name` now.
-    pub fn new(front: Frontend, local_name: String, profile: String) -> Self {
+    /// A kernel serving `front` (whose connection file is `connection_file`), starting its local
+    /// kernel `local_name` now.
+    pub fn new(
+        front: Frontend,
+        connection_file: PathBuf,
+        local_name: String,
+        profile: String,
+    ) -> Self {
         let local = spawn_start(local_name.clone());
         let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         Kernel {
             profile,
+            connection_file,
             px: PxConfig::default(),
             cluster: None,
             engine_tx,
@@ -404,6 +414,7 @@ impl Kernel {
             Event::Interrupt => self.interrupt().await,
             Event::Terminate => {
                 tracing::info!("SIGTERM: shutting down");
+                self.stop_owned_cluster().await;
                 self.shutdown_local().await;
                 self.stopping = true;
             }
@@ -857,6 +868,11 @@ impl Kernel {
             .content_as::<ShutdownContent>()
             .unwrap_or_default()
             .restart;
+        // A restart keeps the cluster: the new kernel has this one's connection file, so it
+        // owns the cluster in turn.
+        if !restart {
+            self.stop_owned_cluster().await;
+        }
         self.shutdown_local().await;
         let content = serde_json::json!({ "status": "ok", "restart": restart });
         let channel = if on_shell {
@@ -867,6 +883,17 @@ impl Kernel {
         self.reply(channel, request, &content).await;
         self.finish(request).await;
         self.stopping = true;
+    }
+
+    /// Stops the cluster of our profile if this kernel started it with `%cluster start`.
+    async fn stop_owned_cluster(&mut self) {
+        let Ok(profile) = parallax_wire::profile::Profile::named(&self.profile) else {
+            return;
+        };
+        self.cluster = None;
+        if let Some(done) = crate::owned::stop_if_owned(&profile, &self.connection_file).await {
+            tracing::info!("{done}");
+        }
     }
 
     async fn shutdown_local(&mut self) {

@@ -668,7 +668,7 @@ impl Kernel {
             Err(error) => return failed("ClusterError", &error.to_string()),
         };
         let text = match command {
-            ClusterCommand::Start { engines } => {
+            ClusterCommand::Start { engines, keep } => {
                 let exe = match std::env::current_exe() {
                     Ok(exe) => exe,
                     Err(error) => return failed("ClusterError", &error.to_string()),
@@ -690,10 +690,33 @@ impl Kernel {
                 match parallax_launcher::start_daemon(&options).await {
                     Ok(engines) => {
                         let ids: Vec<String> = engines.iter().map(|e| e.id.to_string()).collect();
+                        let lifetime = if keep {
+                            crate::owned::forget(&options.profile);
+                            format!(
+                                "It keeps running after this kernel shuts down: %cluster stop or \
+                                 `parallax cluster stop --profile {}` stops it.",
+                                self.profile
+                            )
+                        } else {
+                            match crate::owned::record(&options.profile, &self.connection_file) {
+                                Ok(()) => "It stops when this kernel shuts down (a restart keeps \
+                                           it); %cluster start --keep leaves it running."
+                                    .to_owned(),
+                                Err(error) => format!(
+                                    "It keeps running after this kernel shuts down \
+                                     (cannot record that this kernel started it: {error})."
+                                ),
+                            }
+                        };
+                        let (noun, id) = if ids.len() == 1 {
+                            ("engine", "id")
+                        } else {
+                            ("engines", "ids")
+                        };
                         format!(
-                            "Cluster {:?} ready: {} engines (ids {})\n",
+                            "Cluster {:?} ready: {} {noun} ({id} {})\n{lifetime}\n",
                             self.profile,
-                            engines.len(),
+                            ids.len(),
                             ids.join(", ")
                         )
                     }
@@ -703,6 +726,7 @@ impl Kernel {
             ClusterCommand::Stop => {
                 self.cluster = None;
                 self.last_async = None;
+                crate::owned::forget(&profile);
                 match parallax_launcher::stop(&profile, Duration::from_secs(5)).await {
                     Ok(_) => format!("Stopped cluster {:?}\n", self.profile),
                     Err(error) => return failed("ClusterError", &error.to_string()),
