@@ -87,7 +87,9 @@ step "enabling the parallax Jupyter server extension (the Clusters page at /para
 # install would (jupyter_server only enables extensions its config already lists).
 mkdir -p "$VENV/etc/jupyter/jupyter_server_config.d"
 cp "$ROOT/python/jupyter-config/parallax.json" "$VENV/etc/jupyter/jupyter_server_config.d/parallax.json"
-"$VENV/bin/jupyter" server extension enable parallax.jupyter --sys-prefix >/dev/null 2>&1
+# Earlier set-ups also ran `jupyter server extension enable`, which wrote a second file enabling
+# the same extension.
+rm -f "$VENV/etc/jupyter/jupyter_server_config.d/parallax.jupyter.json"
 # Capture first: `grep -q` stops reading early, and under pipefail the writer's SIGPIPE would fail
 # the check.
 extensions="$("$VENV/bin/jupyter" server extension list 2>&1)"
