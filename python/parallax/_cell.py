@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import _signal
 import linecache
+import logging
 import os
 import select
 import signal
@@ -38,18 +39,91 @@ from ._wire import Message, iso_now
 if TYPE_CHECKING:
     from .engine import EngineSupport
 
+log = logging.getLogger("parallax")
+
 FLUSH_EVERY = 0.1  # seconds
 FD_DRAIN_TIMEOUT = 1.0  # seconds to wait for a cell's descriptor output to come through
 _SIGINT = int(signal.SIGINT)
 _MISSING = object()
 
 
+class _Interrupts:
+    """SIGINT while a cell runs, raised in the cell even when CPython would sleep through it.
+
+    CPython runs a Python signal handler only at certain points of the main thread's bytecode.
+    A SIGINT that arrives while the main thread waits for the GIL just before a blocking call
+    (`time.sleep(30)` right after a `print` whose output the support's other threads are
+    sending) is recorded but not handled until that call returns, 30 s later. So while a cell
+    runs, the C handler also writes each signal to a pipe (`signal.set_wakeup_fd`); the flusher
+    thread reads it, and if the cell's SIGINT handler has not run within `GRACE` seconds it
+    sends SIGINT again, to the main thread itself, which interrupts the blocking call. Whatever
+    else arrives on the pipe is passed on to the wakeup fd that was set before (an event loop's).
+    """
+
+    GRACE = 0.2  # seconds
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.previous = -1
+        self.handled = False
+        self.seen: float | None = None  # when a SIGINT was seen and not yet handled
+        self.active = False  # a cell runs: a SIGINT sent now can only land in it
+        self.lock = threading.Lock()
+
+    def handler(self, signum: int, frame: Any) -> None:
+        """The cell's SIGINT handler: KeyboardInterrupt, as `signal.default_int_handler`."""
+        self.handled = True
+        self.seen = None
+        raise KeyboardInterrupt
+
+    def start(self) -> None:
+        """Main thread, as a cell starts."""
+        self._read()
+        self.handled, self.seen = False, None
+        self.previous = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        with self.lock:
+            self.active = True
+
+    def stop(self) -> None:
+        """Main thread, as the cell ends (before its SIGINT handler is replaced)."""
+        with self.lock:
+            self.active = False
+        signal.set_wakeup_fd(self.previous)
+        self.seen = None
+
+    def _read(self) -> bytes:
+        try:
+            return os.read(self.read_fd, 512)
+        except OSError:
+            return b""
+
+    def check(self) -> None:
+        """Flusher thread, while the cell runs."""
+        data = self._read()
+        if data and self.previous >= 0:
+            try:
+                os.write(self.previous, data)
+            except OSError:
+                pass
+        if _SIGINT in data and not self.handled and self.seen is None:
+            self.seen = time.monotonic()
+        if self.seen is None or time.monotonic() - self.seen < self.GRACE:
+            return
+        with self.lock:
+            if self.active and not self.handled:
+                log.debug("SIGINT not handled within %s s; sending it to the main thread", self.GRACE)
+                self.seen = time.monotonic()
+                signal.pthread_kill(threading.main_thread().ident or 0, _SIGINT)
+
+
 class _Flusher:
-    """A daemon thread that flushes the task streams while a cell runs."""
+    """A daemon thread that flushes the task streams while a cell runs, and sees that an
+    interrupt reaches the cell (`_Interrupts`)."""
 
     def __init__(self, support: EngineSupport) -> None:
         self.support = support
         self.running = threading.Event()
+        self.interrupts = _Interrupts()
         self.thread = threading.Thread(target=self._main, name="parallax-cell-flush", daemon=True)
         self.thread.start()
 
@@ -59,6 +133,7 @@ class _Flusher:
             while self.running.wait(0) and not self.support.stopped:
                 self.support.stdout.flush_any_thread(whole_lines=True)
                 self.support.stderr.flush_any_thread(whole_lines=True)
+                self.interrupts.check()
                 time.sleep(FLUSH_EVERY)
 
 
@@ -249,8 +324,10 @@ def run_cell(support: EngineSupport, request: Message) -> None:
     support.stdout.begin(request, sys.__stdout__ if sys.stdout is None else sys.stdout)
     support.stderr.begin(request, sys.__stderr__ if sys.stderr is None else sys.stderr)
     on_main_thread = threading.current_thread() is threading.main_thread()
-    saved_handler = _signal.signal(_SIGINT, signal.default_int_handler) if on_main_thread else None
     flusher = _flusher(support)
+    saved_handler = _signal.signal(_SIGINT, flusher.interrupts.handler) if on_main_thread else None
+    if on_main_thread:
+        flusher.interrupts.start()
     captures = [
         _FdCapture(kernel_stream, task_stream)
         for kernel_stream, task_stream in zip(saved_streams, (support.stdout, support.stderr))
@@ -270,6 +347,7 @@ def run_cell(support: EngineSupport, request: Message) -> None:
         flusher.running.clear()
         sys.stdout, sys.stderr = saved_streams
         if saved_handler is not None:
+            flusher.interrupts.stop()
             _signal.signal(_SIGINT, saved_handler)
         restore_overrides()
         support.stdout.flush()

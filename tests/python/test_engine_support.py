@@ -345,3 +345,55 @@ def test_cells_still_run_and_share_the_namespace(kernel: tuple[KernelManager, An
     assert content["status"] == "ok"
     assert [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"] == ["2 from apply\n"]
     assert controller.result(controller.apply(_remote._pull, "x")) == 2
+
+
+# -- interrupts that CPython would sleep through ------------------------------------------------------
+
+_SLEPT_THROUGH = """
+import signal, sys, threading, time
+from parallax._cell import _Interrupts
+
+interrupts = _Interrupts()
+signal.signal(signal.SIGINT, interrupts.handler)
+interrupts.start()
+checking = sys.argv[1] == "check"
+
+def other_thread():
+    time.sleep(0.3)
+    # The signal lands on this thread: its C handler records it, and the main thread, inside
+    # time.sleep, is not woken (as when the signal comes while the main thread waits for the
+    # GIL just before the call).
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    while checking:
+        time.sleep(0.05)
+        interrupts.check()
+
+threading.Thread(target=other_thread, daemon=True).start()
+start = time.monotonic()
+try:
+    time.sleep(3)
+    print("slept", round(time.monotonic() - start, 1))
+except KeyboardInterrupt:
+    print("interrupted", round(time.monotonic() - start, 1))
+finally:
+    interrupts.stop()
+"""
+
+
+@pytest.mark.parametrize("mode", ["check", "no-check"])
+def test_a_sigint_the_main_thread_would_sleep_through_interrupts_the_cell(mode: str) -> None:
+    """Regression (test_interrupt_then_px_again failed at random): a SIGINT recorded while the
+    main thread could not handle it was handled only when `time.sleep(30)` returned. The cell's
+    interrupt watch sends it again to the main thread; without the watch, the sleep runs out."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SLEPT_THROUGH, mode], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    word, seconds = proc.stdout.split()
+    if mode == "check":
+        assert word == "interrupted" and float(seconds) < 1.5, proc.stdout
+    else:
+        # The premise: the KeyboardInterrupt comes only once the whole sleep is over.
+        assert word == "interrupted" and float(seconds) >= 2.9, proc.stdout
