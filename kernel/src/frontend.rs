@@ -79,7 +79,17 @@ impl Frontend {
     /// Publishes a message on iopub, setting its topic. Returns false when the channel is closed.
     pub async fn publish(&self, mut message: Message) -> bool {
         message.identities = vec![self.topic(message.msg_type())];
+        message.set_session(self.session.id());
         self.iopub.send(message).await.is_ok()
+    }
+
+    /// Sends a message of the local kernel's on to the front end, on `channel` (shell or stdin),
+    /// as our own. The front end sees one kernel session: JupyterLab drops a message whose
+    /// header names another session than the last message it received (so a comm_open of the
+    /// local kernel's that arrived just after a status of ours was lost, and with it the widget).
+    pub async fn relay(&self, channel: &Outbox, mut message: Message) {
+        message.set_session(self.session.id());
+        let _ = channel.send(message).await;
     }
 
     /// Publishes new content of ours on iopub as an output of `parent`.

@@ -256,6 +256,36 @@ def test_comm_opened_by_kernel(kernel: Kernel) -> None:
     assert msgs[0]["content"]["comm_id"] == opens[0]["content"]["comm_id"]
 
 
+@pytest.mark.timeout(60)
+def test_every_message_names_one_kernel_session(kernel: Kernel) -> None:
+    """Regression: the parallax kernel sent its own status messages under its session and the
+    local kernel's outputs and replies under the local kernel's. JupyterLab drops a message whose
+    header names another session than the last message it received, so a widget's comm_open that
+    followed one of our statuses was lost, and the widget showed 'model not found'."""
+    d = kernel.driver
+    info = d.reply(d.send("kernel_info_request", {}))
+    session = info["header"]["session"]
+    ex = d.execute(
+        "from comm import create_comm\n"
+        "from IPython.display import display\n"
+        "c = create_comm(target_name='frontend.target', data={})\n"
+        "print('out'); display('shown'); 42",
+    )
+    _assert_ok(ex)
+    comm_info = d.reply(d.send("comm_info_request", {}))
+    msg_id = kernel.kc.execute("input('who? ')", allow_stdin=True)
+    prompt = kernel.kc.get_stdin_msg(timeout=30)
+    kernel.kc.input("x")
+    d.finish(msg_id)
+
+    messages = [*ex.iopub, ex.reply, comm_info, prompt]
+    seen = {(m["msg_type"], m["header"]["session"]) for m in messages}
+    assert {t for t, s in seen if s != session} == set(), f"kernel session {session}; seen {sorted(seen)}"
+    types = {t for t, _ in seen}
+    assert {"status", "stream", "display_data", "execute_result", "comm_open", "execute_reply",
+            "comm_info_reply", "input_request"} <= types, types
+
+
 # --- stdin ----------------------------------------------------------------------------------------
 
 

@@ -120,6 +120,28 @@ impl Message {
         self.parent_raw = parent.header_raw.clone();
     }
 
+    /// Makes `session` the session this message says it comes from. A relay that speaks for
+    /// another peer under its own name does this: Jupyter front ends treat a message whose
+    /// header names another session than the last one they received as stale and drop it.
+    /// Header fields this crate does not know are kept.
+    pub fn set_session(&mut self, session: &str) {
+        if self.header.session == session {
+            return;
+        }
+        self.header.session = session.to_owned();
+        // The frame was a JSON object when it was decoded; a header built here is one too.
+        let mut fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&self.header_raw).unwrap_or_default();
+        for (key, value) in [
+            ("msg_id", &self.header.msg_id),
+            ("msg_type", &self.header.msg_type),
+            ("session", &self.header.session),
+        ] {
+            fields.insert(key.to_owned(), serde_json::Value::String(value.clone()));
+        }
+        self.header_raw = to_json_bytes(&fields);
+    }
+
     /// Makes this a reply or output of `parent`: parent header set, routed to `parent`'s
     /// identities.
     pub fn with_parent(mut self, parent: &Message) -> Self {
@@ -158,5 +180,39 @@ pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Bytes {
     match serde_json::to_vec(value) {
         Ok(bytes) => Bytes::from(bytes),
         Err(_) => Bytes::from_static(EMPTY_OBJECT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Session;
+
+    #[test]
+    fn set_session_renames_the_sender_and_keeps_unknown_header_fields() {
+        let kernel = Session::new(b"key", "kernel");
+        let relay = Session::new(b"key", "relay");
+        let mut header = serde_json::to_value(kernel.header("stream")).expect("header");
+        header["subshell_id"] = serde_json::json!("s1");
+        let frames = vec![
+            bytes::Bytes::from_static(b"<IDS|MSG>"),
+            bytes::Bytes::new(),
+            bytes::Bytes::from(header.to_string()),
+            bytes::Bytes::from_static(b"{}"),
+            bytes::Bytes::from_static(b"{}"),
+            bytes::Bytes::from_static(br#"{"name":"stdout","text":"x"}"#),
+        ];
+        let mut message = Session::new(b"", "any").decode(frames).expect("decodes");
+
+        message.set_session(relay.id());
+
+        let sent = relay.encode(&message);
+        let received = relay.decode(sent).expect("signed by the relay");
+        assert_eq!(received.header().session, relay.id());
+        assert_eq!(received.msg_id(), message.msg_id());
+        let raw: serde_json::Value =
+            serde_json::from_slice(received.header_raw()).expect("a JSON header");
+        assert_eq!(raw["session"], relay.id());
+        assert_eq!(raw["subshell_id"], "s1");
+        assert_eq!(raw["date"], header["date"]);
     }
 }

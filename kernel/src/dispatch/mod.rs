@@ -651,7 +651,7 @@ impl Kernel {
         if let Some(job) = active.local_mut() {
             job.reply = Some(message.clone());
         }
-        let _ = self.front.shell.send(message).await;
+        self.front.relay(&self.front.shell, message).await;
         if abort_queue {
             self.abort_queued_executes();
         }
@@ -733,7 +733,7 @@ impl Kernel {
         };
         message.set_parent(request);
         message.identities = request.identities.clone();
-        let _ = self.front.stdin.send(message).await;
+        self.front.relay(&self.front.stdin, message).await;
     }
 
     async fn on_stdin_reply(&mut self, mut message: Message) {
