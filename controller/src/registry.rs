@@ -31,6 +31,8 @@ pub(crate) struct Engine {
     pub last_seen: Instant,
     /// When its row was last written to the task database.
     pub last_written: Option<Instant>,
+    /// When its last reply arrived: the request queued behind that one began then.
+    pub last_reply: Option<Instant>,
 }
 
 impl Engine {
@@ -139,11 +141,13 @@ impl Registry {
                 last_heartbeat: date,
                 tasks_done,
                 queue,
+                running: None,
             },
             route,
             support: None,
             last_seen: now,
             last_written: None,
+            last_reply: None,
         };
         engine.settle_state();
         match self.engines.entry(id) {
@@ -200,11 +204,6 @@ impl Registry {
     /// Every engine, by id.
     pub fn iter(&self) -> impl Iterator<Item = &Engine> {
         self.engines.values()
-    }
-
-    /// Every engine's row, by id.
-    pub fn infos(&self) -> Vec<EngineInfo> {
-        self.engines.values().map(|e| e.info.clone()).collect()
     }
 
     /// Live engines whose last heartbeat is older than `timeout`.

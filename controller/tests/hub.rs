@@ -173,6 +173,44 @@ async fn queue_request_counts_outstanding_and_completed_requests() {
 }
 
 #[tokio::test]
+async fn engines_request_names_the_request_each_busy_engine_runs() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let controller = Controller::start(root.path(), "running").await;
+    let mut engine0 = Engine::start(&controller.engine_file()).await;
+    let _engine1 = Engine::start(&controller.engine_file()).await;
+    let mut client = Client::connect(&controller.client_file()).await;
+
+    let before = parallax_wire::now_iso8601();
+    let first = client.execute(0, "a = 1\nb = 2").await;
+    let second = client.execute(0, "c = 3").await;
+    let got = engine0.next_request("execute_request").await;
+    engine0.next_request("execute_request").await;
+
+    let engines = client.ask("engines_request", json!({})).await;
+    let running = &engines["engines"][0]["running"];
+    assert_eq!(running["msg_id"], first.msg_id(), "{engines}");
+    assert_eq!(running["msg_type"], "execute_request");
+    assert_eq!(running["code"], "a = 1\nb = 2");
+    let started = running["started"].as_str().expect("started");
+    assert!(started >= before.as_str(), "{started} < {before}");
+    assert!(
+        engines["engines"][1].get("running").is_none(),
+        "an idle engine runs nothing: {engines}"
+    );
+
+    // The second began when the engine answered the first, not when it was sent.
+    let answered = parallax_wire::now_iso8601();
+    engine0.answer(&got, "", "1").await;
+    client.reply_to(&first).await;
+    let (_, reply) = client.peer.ask("connect_request", json!({})).await;
+    let running = &reply["engines"][0]["running"];
+    assert_eq!(running["msg_id"], second.msg_id(), "{reply}");
+    let started = running["started"].as_str().expect("started");
+    assert!(started >= answered.as_str(), "{started} < {answered}");
+    controller.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_requests_get_error_replies() {
     let root = tempfile::tempdir().expect("tempdir");
     let controller = Controller::start(root.path(), "unknown").await;

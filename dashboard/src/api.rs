@@ -2,13 +2,18 @@
 //! whose fault it is: 400 bad input, 404 unknown profile, 409 wrong state (starting a running
 //! cluster, stopping a stopped one, an operation already in progress), 500 a cluster that did
 //! not come up (which the launcher has stopped again, so nothing is left half-started).
+//!
+//! A start, stop or scale answers only once the event stream carries the cluster's new state,
+//! and says under which `version` (see `events`); `GET /api/clusters` sends the version it
+//! began under in the header `x-parallax-version` (and the server's run in
+//! `x-parallax-server`), so the page can tell an answer older than what it shows.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -144,9 +149,23 @@ fn engine_count(app: &App, body: &serde_json::Map<String, Value>) -> Result<usiz
     }
 }
 
+/// The header that carries the version a list began under.
+const VERSION_HEADER: HeaderName = HeaderName::from_static("x-parallax-version");
+/// The header that carries the server's run id.
+const SERVER_HEADER: HeaderName = HeaderName::from_static("x-parallax-server");
+
 async fn list(State(app): State<Arc<App>>) -> ApiResult {
+    // Read before listing: an operation that ends while the list is made raises the version,
+    // so the page knows this list may be older than that operation.
+    let version = app.live.version();
     let summaries = parallax_launcher::list(&app.root).await;
-    Ok(Json(summaries).into_response())
+    let mut response = Json(summaries).into_response();
+    let headers = response.headers_mut();
+    headers.insert(VERSION_HEADER, HeaderValue::from(version));
+    if let Ok(server) = HeaderValue::from_str(&app.live.server()) {
+        headers.insert(SERVER_HEADER, server);
+    }
+    Ok(response)
 }
 
 async fn one(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
@@ -200,7 +219,10 @@ async fn start_profile(
         exe: app.exe.clone(),
         timeout: START_TIMEOUT,
     };
-    let engines = parallax_launcher::start_daemon(&options).await?;
+    let started = parallax_launcher::start_daemon(&options).await;
+    // Published whether or not it came up: a failed start has stopped what it began.
+    let version = app.live.changed(&profile).await;
+    let engines = started?;
     tracing::info!(
         profile = profile.name(),
         n,
@@ -212,6 +234,7 @@ async fn start_profile(
         "n": n,
         "engines": engines.len(),
         "ids": engines.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "version": version,
     })))
 }
 
@@ -223,11 +246,14 @@ async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResul
             "the cluster of profile {name:?} is not running"
         )));
     }
-    let stopped = parallax_launcher::stop(&profile, STOP_GRACE).await?;
+    let stopped = parallax_launcher::stop(&profile, STOP_GRACE).await;
+    let version = app.live.changed(&profile).await;
+    let stopped = stopped?;
     Ok(Json(json!({
         "profile": name,
         "state": "stopped",
         "processes": stopped.pids().len(),
+        "version": version,
     }))
     .into_response())
 }
@@ -245,12 +271,15 @@ async fn scale(State(app): State<Arc<App>>, Path(name): Path<String>, body: Byte
             "the cluster of profile {name:?} is not running: start it first"
         )));
     }
-    let state = parallax_launcher::scale(&profile, n).await?;
+    let scaled = parallax_launcher::scale(&profile, n).await;
+    let version = app.live.changed(&profile).await;
+    let state = scaled?;
     Ok(Json(json!({
         "profile": name,
         "state": "running",
         "n": state.n,
         "engines": state.engine_pids.len(),
+        "version": version,
     }))
     .into_response())
 }
@@ -270,8 +299,7 @@ async fn engines(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiRe
         .engines()
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
-    let running = tasks::running(&profile);
-    Ok(Json(events::engine_rows(&engines, &running)).into_response())
+    Ok(Json(events::engine_rows(&engines)).into_response())
 }
 
 #[derive(Deserialize)]

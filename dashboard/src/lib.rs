@@ -5,10 +5,12 @@
 //!
 //! - this module: [`DashboardOptions`], [`serve`], the token check every request passes.
 //! - `api`: the REST handlers (`/api/clusters…`), errors as `{"error": "..."}` with a 4xx/5xx.
-//! - `events`: one task polls every running cluster's controller every 500 ms and publishes a
-//!   snapshot when it changed; `GET /api/events` streams the snapshots (server-sent events).
-//! - `tasks`: recent tasks and the engines' running tasks, read from the profile's `tasks.db`
-//!   (read-only; the controller writes it).
+//! - `events`: one task polls every profile (and each running cluster's controller) every
+//!   500 ms and publishes a versioned snapshot when it changed; an operation that ends publishes
+//!   the profile's new state under the next version, which no older poll may overwrite;
+//!   `GET /api/events` streams the snapshots (server-sent events).
+//! - `tasks`: recent tasks, read from the profile's `tasks.db` (read-only; the controller
+//!   writes it).
 //! - `static/`: the page (HTML, CSS, JS) compiled into the binary; no CDN, no build step.
 //!
 //! The token works like Jupyter's: random unless given, required on every request as `?token=`,
@@ -77,7 +79,7 @@ pub(crate) struct App {
     /// remove a name, never across an `.await`.
     pub busy: Mutex<HashSet<String>>,
     /// The latest snapshot of every cluster (see `events`).
-    pub snapshots: watch::Receiver<serde_json::Value>,
+    pub live: Arc<events::Live>,
     /// Turns true when the server shuts down, so that event streams end.
     pub stopping: watch::Receiver<bool>,
 }
@@ -104,14 +106,14 @@ pub async fn serve(
     let local: SocketAddr = listener.local_addr().map_err(DashboardError::Serve)?;
 
     let (stop_tx, stopping) = watch::channel(false);
-    let snapshots = events::spawn_poller(root.clone(), stopping.clone());
+    let live = events::spawn_poller(root.clone(), stopping.clone());
     let app = Arc::new(App {
         token: token.clone(),
         exe: options.exe,
         max_engines: options.max_engines,
         root,
         busy: Mutex::new(HashSet::new()),
-        snapshots,
+        live,
         stopping,
     });
     let router = router(app);

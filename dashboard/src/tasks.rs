@@ -1,8 +1,11 @@
 //! Reading a profile's task database (`tasks.db`, SQLite in WAL mode) read-only: the recent
-//! tasks, and which task each engine is running. The controller is the only writer; a reader
-//! never blocks it (WAL), and a missing database is simply no tasks.
+//! tasks. The controller is the only writer; a reader never blocks it (WAL), and a missing
+//! database is simply no tasks.
+//!
+//! What an engine runs now is not read here: the controller writes a task's `started` only
+//! with its outcome (a row waits up to 200 ms for it, and an apply's start comes with its
+//! reply), so the live view asks the controller instead (`events`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use parallax_wire::cluster::EngineId;
@@ -21,13 +24,6 @@ pub struct TaskRow {
     pub started: Option<String>,
     pub completed: Option<String>,
     /// The first line of the code, at most 80 characters.
-    pub code: String,
-}
-
-/// A task an engine is running now.
-#[derive(Serialize, Clone, Debug, PartialEq)]
-pub struct Running {
-    pub msg_id: String,
     pub code: String,
 }
 
@@ -81,35 +77,6 @@ pub fn recent(profile: &Profile, limit: usize) -> Result<Vec<TaskRow>, String> {
     read().map_err(|e| format!("cannot read the task database of {:?}: {e}", profile.name()))
 }
 
-/// The task each engine is running (started, not finished), by engine id. Empty when the
-/// database cannot be read: the page then shows no current task rather than an error.
-pub fn running(profile: &Profile) -> HashMap<EngineId, Running> {
-    let read = || -> Result<HashMap<EngineId, Running>, rusqlite::Error> {
-        let Some(connection) = open(profile)? else {
-            return Ok(HashMap::new());
-        };
-        let mut statement = connection.prepare(
-            "SELECT engine, msg_id, code FROM tasks \
-             WHERE status = 'pending' AND started IS NOT NULL AND engine IS NOT NULL \
-             ORDER BY started",
-        )?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, EngineId>(0)?,
-                Running {
-                    msg_id: row.get(1)?,
-                    code: summary(&row.get::<_, Option<String>>(2)?.unwrap_or_default()),
-                },
-            ))
-        })?;
-        rows.collect()
-    };
-    read().unwrap_or_else(|error| {
-        tracing::debug!(profile = profile.name(), %error, "cannot read running tasks");
-        HashMap::new()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,7 +94,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let profile = Profile::in_dir(dir.path(), "t").expect("profile");
         assert_eq!(recent(&profile, 10), Ok(Vec::new()));
-        assert!(running(&profile).is_empty());
     }
 
     #[test]
@@ -147,8 +113,6 @@ mod tests {
         let ids: Vec<&str> = rows.iter().map(|r| r.msg_id.as_str()).collect();
         assert_eq!(ids, ["b", "a"]);
         assert_eq!(recent(&profile, 1).expect("rows").len(), 1);
-        let now = running(&profile);
-        assert_eq!(now.len(), 1);
-        assert_eq!(now[&1].code, "sleep(1)");
+        assert_eq!(rows[0].code, "sleep(1)");
     }
 }

@@ -1,6 +1,7 @@
 """The Clusters page's REST API against the real `parallax dashboard` with real clusters: the token,
-start 2 engines / scale to 3 / scale to 1 / stop with no process left, the live event stream, the
-task list, and every bad input answered with a 4xx and `{"error": ...}`.
+start 2 engines / scale to 3 / scale to 1 / stop with no process left, the live event stream and
+its versions, the running task as the controller reports it, the task list, and every bad input
+answered with a 4xx and `{"error": ...}`.
 
 Fixture `dashboard` (conftest.py): the dashboard binary in an isolated PARALLAX_DIR, with
 `--max-engines 8`; on teardown every cluster is stopped and no process of the environment may be
@@ -10,7 +11,9 @@ left.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -89,11 +92,21 @@ def test_every_request_needs_the_token(dashboard: Any) -> None:
 
 
 def test_start_2_scale_to_3_then_1_then_stop(dashboard: Any, api: Api) -> None:
+    listed = api.call("GET", "/api/clusters")
+    first_version = int(listed.headers["x-parallax-version"])
+    server = listed.headers["x-parallax-server"]
     started = time.monotonic()
     r = api.call("POST", "/api/clusters", {"profile": "t", "n": 2})
     assert r.status_code == 201, r.text
     assert r.json()["engines"] == 2
     start_s = time.monotonic() - started
+    # The answer comes once the event stream has the new state, under a newer version.
+    version = r.json()["version"]
+    assert version > first_version
+    snapshot = first_event(dashboard, lambda s: True)
+    assert (snapshot["server"], snapshot["version"]) == (server, version), snapshot
+    (t,) = [c for c in snapshot["clusters"] if c["profile"] == "t"]
+    assert (t["state"], t["engines"]) == ("running", 2), t
     row = cluster_row(api, "t")
     assert (row["state"], row["engines"], row["n"]) == ("running", 2, 2)
 
@@ -131,10 +144,67 @@ def test_start_2_scale_to_3_then_1_then_stop(dashboard: Any, api: Api) -> None:
 
     r = api.call("POST", "/api/clusters/t/stop")
     assert r.status_code == 200, r.text
+    stop_version = r.json()["version"]
+    snapshot = first_event(dashboard, lambda s: True)
+    assert snapshot["version"] == stop_version, snapshot
+    (t,) = [c for c in snapshot["clusters"] if c["profile"] == "t"]
+    assert (t["state"], t["engine_list"]) == ("stopped", []), t
     assert cluster_row(api, "t")["state"] == "stopped"
     assert not wait_gone(pids, 10)
     assert not any(is_alive(p) for p in pids)
     print(f"\nstart 2: {start_s:.2f} s, scale 2→3: {up_s:.2f} s, scale 3→1: {down_s:.2f} s")
+
+
+def test_the_running_task_and_its_start_come_from_the_controller(dashboard: Any, api: Api) -> None:
+    """Regression: "Current task" stayed blank for work sent by the Python client (4-6 s tasks):
+    the page read `started` from tasks.db, which the controller writes only with the task's
+    outcome. The engine row now names the task and its start as the controller reports them."""
+    import parallax
+
+    r = api.call("POST", "/api/clusters", {"profile": "cur", "n": 1})
+    assert r.status_code == 201, r.text
+    rc = parallax.Client(profile="cur")
+    try:
+        rc.wait_for_engines(1, timeout=30)
+        before = datetime.now(timezone.utc)
+        ar = rc.load_balanced_view().apply_async(time.sleep, 6)
+        (msg_id,) = ar.msg_ids
+
+        def runs_it(snapshot: dict[str, Any]) -> bool:
+            rows = [c for c in snapshot["clusters"] if c["profile"] == "cur"]
+            return bool(rows and rows[0]["engine_list"] and rows[0]["engine_list"][0]["current_task"])
+
+        # The live view shows it while it runs...
+        snapshot = first_event(dashboard, runs_it, timeout=10)
+        (cur,) = [c for c in snapshot["clusters"] if c["profile"] == "cur"]
+        live = cur["engine_list"][0]
+        assert live["state"] == "busy", live
+        assert live["current_task"]["msg_id"] == msg_id, live
+        # ...and so does the REST API, asking the controller afresh.
+        engines = api.call("GET", "/api/clusters/cur/engines").json()
+        task = engines[0]["current_task"]
+        assert task["msg_id"] == msg_id and task["msg_type"] == "apply_request", task
+        assert task["code"] == "", "an apply's call is pickled: no code to show"
+        started = datetime.fromisoformat(task["started"])
+        # The controller's clock and ours are one machine's.
+        assert before - timedelta(seconds=1) <= started <= datetime.now(timezone.utc), (before, task)
+        assert not ar.ready()
+        # tasks.db has no start for it yet: the start shown is not read from there.
+        db = sqlite3.connect(f"file:{dashboard.parallax_dir / 'profile_cur' / 'tasks.db'}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT started FROM tasks WHERE msg_id = ?", (msg_id,)).fetchone()
+        finally:
+            db.close()
+        assert row is None or row[0] is None, row
+
+        ar.get(timeout=30)
+        # The controller answered the client only after it had the reply: the engine is idle.
+        engines = api.call("GET", "/api/clusters/cur/engines").json()
+        assert engines[0]["current_task"] is None, engines
+        assert engines[0]["tasks_done"] == 1, engines
+    finally:
+        rc.close()
+    assert api.call("POST", "/api/clusters/cur/stop").status_code == 200
 
 
 def _error(r: requests.Response, status: int) -> str:

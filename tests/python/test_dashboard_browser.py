@@ -46,6 +46,8 @@ def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (scripts/setup.sh installs Debian's chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
+    # A start takes seconds on a loaded machine: every `expect` waits as long as a step may.
+    sync_api.expect.set_options(timeout=STEP_TIMEOUT_MS)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -119,7 +121,7 @@ def walk(browser: Any, page_url: str, parallax_dir: Path, label: str) -> None:
         expect(row.locator(".status")).to_have_text("stopped")
         page.screenshot(path=str(ARTIFACTS / f"{label}-1-opened.png"), full_page=True)
 
-        page.get_by_label(f"Engines for {profile}").fill("2")
+        page.get_by_label(f"Engines wanted for {profile}").fill("2")
         page.get_by_role("button", name=f"Start {profile}").click()
         section = page.locator(f'section[data-profile="{profile}"]')
         idle = section.locator("td.state-idle")
@@ -147,7 +149,7 @@ def walk(browser: Any, page_url: str, parallax_dir: Path, label: str) -> None:
         )
         expect(section.locator("td.state-busy")).to_have_count(0)
 
-        page.get_by_label(f"Engines for {profile}").fill("3")
+        page.get_by_label(f"Engines wanted for {profile}").fill("3")
         page.get_by_role("button", name=f"Scale {profile}").click()
         expect(idle).to_have_count(3)
         expect(row.locator(".running")).to_have_text("3")
@@ -250,3 +252,157 @@ def test_the_page_inside_jupyter_server(browser: Any, isolated_env: Any) -> None
 
     left = wait_gone(processes_in(env["PARALLAX_DIR"]), 10)
     assert not left, f"processes left behind: {describe(left)}"
+
+
+# Records, in the page, every `clusters` event of its own event stream and every state the
+# profile's row and section go through, each with the time it happened (performance.now(), ms).
+RECORDER = """profile => {
+  const rec = { events: [], dom: [] };
+  window.__recorded = rec;
+  const source = new EventSource("api/events" + location.search);
+  window.__recorderSource = source;
+  source.addEventListener("clusters", (e) => {
+    const c = JSON.parse(e.data).clusters.find((c) => c.profile === profile);
+    rec.events.push([performance.now(), c ? c.state : null, c ? c.engines : null]);
+  });
+  const look = () => {
+    const row = document.querySelector(`tr[data-profile="${profile}"]`);
+    const button = (a) => row && row.querySelector(`button[data-action="${a}"]`);
+    const seen = [
+      row ? row.querySelector(".status").textContent : null,
+      document.querySelector(`section[data-profile="${profile}"]`) !== null,
+      button("stop") ? !button("stop").disabled : null,
+      button("scale") ? !button("scale").disabled : null,
+    ];
+    const last = rec.dom.length ? rec.dom[rec.dom.length - 1][1] : null;
+    if (JSON.stringify(last) !== JSON.stringify(seen)) rec.dom.push([performance.now(), seen]);
+  };
+  new MutationObserver(look).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+  look();
+}"""
+
+# How long the page and the event stream are watched after a Stop: the stale poll of the issue
+# came about 2 s after it (a poll waiting the controller's 2 s timeout), so 5 s covers it twice.
+WATCH_AFTER_STOP_MS = 5000
+
+
+def test_a_stopped_cluster_never_shows_as_running_again(browser: Any, dashboard: Any) -> None:
+    """Regression: a poll begun before a Stop and answered after it sent the cluster as running
+    (0 engines) about 2 s after the Stop succeeded, and the page showed it running again, with
+    Stop and Scale enabled and an empty cluster section (3 trials of 4, after a client had run
+    tasks). Each trial runs a load-balanced map from the Python client, presses Stop, and
+    watches every event of its own stream and every state of the row for 5 s."""
+    import parallax
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    profile = "stale"
+    (dashboard.parallax_dir / f"profile_{profile}").mkdir(parents=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        page.goto(f"{dashboard.url}/?token={dashboard.token}")
+        row = page.locator(f'tr[data-profile="{profile}"]')
+        for trial in range(3):
+            page.get_by_label(f"Engines wanted for {profile}").fill("2")
+            page.get_by_role("button", name=f"Start {profile}").click()
+            expect(page.locator(f'section[data-profile="{profile}"] td.state-idle')).to_have_count(2)
+            rc = parallax.Client(profile=profile)
+            try:
+                rc.wait_for_engines(2, timeout=30)
+                assert sorted(rc.load_balanced_view().map_sync(abs, range(-200, 200))) == sorted(
+                    abs(i) for i in range(-200, 200)
+                )
+                page.evaluate(RECORDER, profile)
+                with page.expect_response(lambda r: r.url.endswith(f"/api/clusters/{profile}/stop")) as stop:
+                    page.get_by_role("button", name=f"Stop {profile}").click()
+                assert stop.value.ok, stop.value.text()
+                stopped_at = page.evaluate("performance.now()")
+                # Not a wait for something to happen: the window in which nothing may happen.
+                page.wait_for_timeout(WATCH_AFTER_STOP_MS)
+            finally:
+                rc.close()
+            page.screenshot(path=str(ARTIFACTS / f"stale-{trial}-after-stop.png"), full_page=True)
+            recorded = page.evaluate("(() => { window.__recorderSource.close(); return window.__recorded; })()")
+            events = recorded["events"]
+            late = [e for e in events if e[0] > stopped_at and e[1] == "running"]
+            assert not late, f"trial {trial}: events after the stop said running: {events}"
+            first_stopped = next((e[0] for e in events if e[1] == "stopped"), None)
+            assert first_stopped is not None, f"trial {trial}: no event said stopped: {events}"
+            again = [e for e in events if e[0] > first_stopped and e[1] != "stopped"]
+            assert not again, f"trial {trial}: not stopped after stopped: {events}"
+            # What the page showed from the answer on: the state it was in then, and every later one.
+            dom = recorded["dom"]
+            shown = [d for d in dom if d[0] <= stopped_at][-1:] + [d for d in dom if d[0] > stopped_at]
+            assert shown, dom
+            for at, (status, section, stop_enabled, scale_enabled) in shown:
+                assert status != "running" and not section and not stop_enabled and not scale_enabled, (
+                    f"trial {trial}: {max(0, at - stopped_at):.0f} ms after the stop: {shown}"
+                )
+            expect(row.locator(".status")).to_have_text("stopped")
+            page.evaluate("window.__recorded = null")
+            if trial == 1:
+                # Once with a freshly loaded page too.
+                page.reload()
+        assert not errors, errors
+    finally:
+        context.close()
+
+
+def test_the_page_says_what_it_shows(browser: Any, dashboard: Any) -> None:
+    """Regressions from a new user's report: "started: 1 engines"; 'Engines running' beside
+    'Engines' (the wanted count); "Tasks done" counting chunks without saying so; a chart with
+    no time axis that said "up to 1.0" when idle; the new-cluster form left holding a running
+    profile's name; banners that never cleared."""
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    profile = "default"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        page.goto(f"{dashboard.url}/?token={dashboard.token}")
+        name = page.get_by_label("Profile name")
+        expect(name).to_have_value("default")  # suggested while no profile has that name
+        page.get_by_label("Engines", exact=True).fill("1")
+        page.get_by_role("button", name="Create and start").click()
+        message = page.locator("#message")
+        expect(message).to_contain_text(f'Cluster "{profile}" started: 1 engine.')
+        # Ready for another cluster, not holding the one just started.
+        expect(name).to_have_value("")
+        expect(page.get_by_label("Engines", exact=True)).to_have_value("2")
+
+        headings = page.locator("#profiles thead th")
+        expect(headings).to_have_text(["Profile", "Status", "Engines running / wanted", "Actions"])
+        row = page.locator(f'tr[data-profile="{profile}"]')
+        expect(row.locator(".running")).to_have_text("1")
+        expect(page.get_by_label(f"Engines wanted for {profile}")).to_have_value("1")
+        section = page.locator(f'section[data-profile="{profile}"]')
+        expect(section.locator("thead th").last).to_have_text("Requests done")
+        expect(section.locator(".note")).to_contain_text("one chunk of a load-balanced map")
+        # Idle: no rate scale, and the caption says so over a stated time span.
+        expect(section.locator(".chart-caption")).to_have_text("Requests finished per second, last 60 s: none.")
+        page.screenshot(path=str(ARTIFACTS / "says-1-idle.png"), full_page=True)
+
+        # A banner can be dismissed; an error banner replaced by the next success.
+        page.get_by_role("button", name="Dismiss the message").click()
+        expect(message).to_be_hidden()
+        page.get_by_label(f"Engines wanted for {profile}").fill("0")
+        page.get_by_role("button", name=f"Scale {profile}").click()
+        expect(message).to_contain_text(f'Could not scale "{profile}"')
+        page.get_by_role("button", name=f"Stop {profile}").click()
+        expect(message).to_contain_text(f'Cluster "{profile}" stopped.')
+        expect(message).not_to_contain_text("Could not")
+        expect(message).to_have_class("message info")
+        expect(row.locator(".status")).to_have_text("stopped")
+        expect(section).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "says-2-stopped.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        context.close()

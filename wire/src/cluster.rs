@@ -39,7 +39,7 @@
 //! | request | reply content |
 //! | --- | --- |
 //! | `connect_request` [`ConnectRequest`] | [`ConnectReply`]; the client then also receives notifications |
-//! | `engines_request` `{}` | [`EnginesReply`] |
+//! | `engines_request` `{}` | [`EnginesReply`]; a busy engine's row names the request it runs ([`RunningTask`]) |
 //! | `queue_request` `{}` | [`QueueReply`] |
 //! | `task_request` [`TaskRequest`] | [`TaskReply`] |
 //! | `execute_request` (metadata [`Routing`]) | the engine's `execute_reply`, after its outputs |
@@ -117,7 +117,32 @@ pub struct EngineInfo {
     pub tasks_done: u64,
     /// Requests sent to the engine and not yet answered (including the one running).
     pub queue: u64,
+    /// The request it is running, in `engines_reply` and `connect_reply` while it is busy
+    /// (absent otherwise, and from controllers that predate the field). Boxed: most rows have
+    /// none, and rows travel in enums (notifications) whose size is that of the largest variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Box<RunningTask>>,
 }
+
+/// The request an engine is running, as the controller sees it: of the requests in flight on
+/// the engine, the one sent first (an engine runs what arrives on its one link in order).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RunningTask {
+    pub msg_id: String,
+    /// `execute_request` or `apply_request`.
+    pub msg_type: String,
+    /// When the engine began it (ISO 8601, the controller's clock): when it was sent, or when
+    /// the engine's reply to the request before it arrived, whichever was later. The engine
+    /// support reports an apply's own start only in its reply, too late for a running task.
+    pub started: String,
+    /// The start of an execute request's code (at most [`RUNNING_CODE_LIMIT`] bytes); empty
+    /// for an apply, whose call is pickled.
+    #[serde(default)]
+    pub code: String,
+}
+
+/// The most bytes of code a [`RunningTask`] carries.
+pub const RUNNING_CODE_LIMIT: usize = 200;
 
 /// `register_request`: an engine whose kernel is ready asks for an id.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -508,6 +533,27 @@ mod tests {
             reason.contains("this client speaks pack format 1"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn engine_rows_name_their_running_task_only_when_there_is_one() {
+        // A row from a controller that predates `running`.
+        let old = r#"{"id":0,"uuid":"u","host":"h","pid":1,"kernel":"python3","kernel_pid":2,
+            "state":"idle","registered":"r","last_heartbeat":"b","tasks_done":3,"queue":0}"#;
+        let mut info: EngineInfo = serde_json::from_str(old).expect("an old row");
+        assert_eq!(info.running, None);
+        let written = serde_json::to_value(&info).expect("json");
+        assert!(written.get("running").is_none(), "{written}");
+        info.running = Some(Box::new(RunningTask {
+            msg_id: "m".into(),
+            msg_type: "apply_request".into(),
+            started: "s".into(),
+            code: String::new(),
+        }));
+        let written = serde_json::to_value(&info).expect("json");
+        assert_eq!(written["running"]["msg_id"], "m");
+        let back: EngineInfo = serde_json::from_value(written).expect("round trip");
+        assert_eq!(back, info);
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! engine process, which passes them to the kernel's shell). Every request gets a reply; one the controller does not know gets
 //! `<type>_reply` with `status: error`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use parallax_wire::cluster::{
-    pack_format_mismatch, ConnectReply, ConnectRequest, EngineId, EngineState, EnginesReply,
-    PurgeRequest, QueryRequest, QueueReply, QueueStatus, Routing, Targets, TaskRecord, TaskRequest,
-    ENGINE_ERROR,
+    pack_format_mismatch, ConnectReply, ConnectRequest, EngineId, EngineInfo, EngineState,
+    EnginesReply, PurgeRequest, QueryRequest, QueueReply, QueueStatus, Routing, RunningTask,
+    Targets, TaskRecord, TaskRequest, ENGINE_ERROR, RUNNING_CODE_LIMIT,
 };
 use parallax_wire::pack::PACK_VERSION;
 use parallax_wire::{now_iso8601, Message};
@@ -18,7 +19,7 @@ use tokio::sync::oneshot;
 
 use parallax_wire::replies::error_content;
 
-use super::{error_fields, execute_error, Hub};
+use super::{error_fields, execute_error, Hub, Task};
 use crate::db::{Command, NewTask, RESULT_LIMIT};
 use crate::deps::Outcome;
 use crate::query::Query;
@@ -40,7 +41,7 @@ impl Hub {
             "engines_request" => {
                 let reply = EnginesReply {
                     status: "ok".into(),
-                    engines: self.registry.infos(),
+                    engines: self.engine_infos(),
                 };
                 self.reply(&message, &reply).await;
             }
@@ -95,10 +96,34 @@ impl Hub {
         tracing::info!(client = %message.header().session, "client connected");
         let reply = ConnectReply {
             status: "ok".into(),
-            engines: self.registry.infos(),
+            engines: self.engine_infos(),
             profile: self.profile.clone(),
         };
         self.reply(&message, &reply).await;
+    }
+
+    /// Every engine's row, a busy engine's with the request it is running.
+    fn engine_infos(&self) -> Vec<EngineInfo> {
+        let mut running = running_tasks(&self.tasks);
+        let now = Instant::now();
+        let date = chrono::Utc::now();
+        self.registry
+            .iter()
+            .map(|engine| {
+                let mut info = engine.info.clone();
+                if info.state == EngineState::Busy {
+                    info.running = running.remove(&info.id).map(|(msg_id, task)| {
+                        Box::new(RunningTask {
+                            msg_id: msg_id.clone(),
+                            msg_type: task.request.msg_type().to_owned(),
+                            started: date_of(began(task.sent, engine.last_reply), now, date),
+                            code: code_of(&task.request),
+                        })
+                    });
+                }
+                info
+            })
+            .collect()
     }
 
     /// Per live engine: `queue` (direct requests outstanding), `tasks` (load-balanced ones),
@@ -415,6 +440,47 @@ pub(super) fn new_record(request: &Message, engine: Option<EngineId>) -> TaskRec
     }
 }
 
+/// Of the requests in flight, the one each engine is running: the first sent to it, since an
+/// engine runs what arrives on its one link in order.
+fn running_tasks(tasks: &HashMap<String, Task>) -> HashMap<EngineId, (&String, &Task)> {
+    let mut first: HashMap<EngineId, (&String, &Task)> = HashMap::new();
+    for (msg_id, task) in tasks {
+        let earlier = first
+            .get(&task.engine)
+            .is_some_and(|(_, held)| held.seq < task.seq);
+        if !earlier {
+            first.insert(task.engine, (msg_id, task));
+        }
+    }
+    first
+}
+
+/// When an engine began a request sent at `sent`: then, or when it answered the request before
+/// it (`last_reply`), if the request waited behind that one.
+fn began(sent: Instant, last_reply: Option<Instant>) -> Instant {
+    last_reply.map_or(sent, |reply| reply.max(sent))
+}
+
+/// The ISO 8601 date of `at`, knowing that `now` is `now_date`.
+fn date_of(at: Instant, now: Instant, now_date: chrono::DateTime<chrono::Utc>) -> String {
+    let ago = chrono::Duration::from_std(now.saturating_duration_since(at)).unwrap_or_default();
+    (now_date - ago)
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+/// The start of an execute request's code; nothing for other requests.
+fn code_of(request: &Message) -> String {
+    if request.msg_type() != "execute_request" {
+        return String::new();
+    }
+    let code = request
+        .content_as::<Code>()
+        .map(|c| c.code)
+        .unwrap_or_default();
+    truncate(code, RUNNING_CODE_LIMIT)
+}
+
 /// `text` cut to at most `limit` bytes (at a character boundary).
 fn truncate(mut text: String, limit: usize) -> String {
     if text.len() > limit {
@@ -425,4 +491,78 @@ fn truncate(mut text: String, limit: usize) -> String {
         text.truncate(cut);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use parallax_wire::Session;
+    use serde_json::json;
+
+    use super::*;
+    use crate::hub::Captured;
+
+    fn task(engine: EngineId, seq: u64, msg_type: &str, code: &str, sent: Instant) -> Task {
+        let session = Session::new(b"key", "test");
+        Task {
+            seq,
+            request: session.message(msg_type, &json!({ "code": code })),
+            engine,
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            failed: false,
+            balanced: None,
+            reclaiming: false,
+            via_support: true,
+            sent,
+        }
+    }
+
+    #[test]
+    fn each_engine_runs_the_request_sent_to_it_first() {
+        let t0 = Instant::now();
+        let tasks: HashMap<String, Task> = [
+            ("b", task(0, 7, "apply_request", "", t0)),
+            ("a", task(0, 3, "apply_request", "", t0)),
+            ("c", task(0, 9, "apply_request", "", t0)),
+            ("d", task(1, 8, "execute_request", "x = 1", t0)),
+        ]
+        .into_iter()
+        .map(|(id, t)| (id.to_owned(), t))
+        .collect();
+        let running = running_tasks(&tasks);
+        let first: BTreeMap<EngineId, &str> = running
+            .iter()
+            .map(|(&engine, (msg_id, _))| (engine, msg_id.as_str()))
+            .collect();
+        assert_eq!(first, BTreeMap::from([(0, "a"), (1, "d")]));
+        assert_eq!(code_of(&running[&1].1.request), "x = 1");
+        assert_eq!(code_of(&running[&0].1.request), "", "an apply has no code");
+        let long = task(2, 1, "execute_request", &"é".repeat(RUNNING_CODE_LIMIT), t0);
+        let code = code_of(&long.request);
+        assert!(
+            code.len() <= RUNNING_CODE_LIMIT && code.starts_with('é'),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn a_request_begins_when_sent_or_when_the_one_before_it_is_answered() {
+        let sent = Instant::now();
+        let later = sent + Duration::from_secs(3);
+        assert_eq!(began(sent, None), sent, "sent to an idle engine");
+        assert_eq!(began(later, Some(sent)), later, "the engine was idle");
+        assert_eq!(began(sent, Some(later)), later, "it waited behind another");
+        let now_date = chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:10.5Z")
+            .expect("date")
+            .with_timezone(&chrono::Utc);
+        let now = later + Duration::from_millis(1500);
+        assert_eq!(date_of(later, now, now_date), "2025-01-02T03:04:09.000000Z");
+        assert_eq!(
+            date_of(now + Duration::from_secs(1), now, now_date),
+            "2025-01-02T03:04:10.500000Z",
+            "never in the future"
+        );
+    }
 }

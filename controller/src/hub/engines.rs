@@ -261,6 +261,7 @@ impl Hub {
         if let Some(engine) = self.registry.get_mut(id) {
             engine.info.queue = engine.info.queue.saturating_sub(1);
             engine.info.tasks_done += 1;
+            engine.last_reply = Some(Instant::now());
             engine.settle_state();
         }
         self.save_engine(id);

@@ -84,6 +84,8 @@ struct Task {
     /// Sent to the engine support in the kernel (not the engine process): it dies with the
     /// kernel, even when the engine restarts one.
     via_support: bool,
+    /// When it was sent to its engine (see `clients::running_tasks`).
+    sent: Instant,
 }
 
 /// The hub's state. See the module doc.
@@ -365,6 +367,7 @@ impl Hub {
                 balanced,
                 reclaiming: false,
                 via_support,
+                sent: Instant::now(),
             },
         );
         self.next_seq += 1;
