@@ -33,6 +33,8 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (Python 3.11 is required)"
 # Debian splits ensurepip (needed by `python -m venv`) into its own package.
 "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || missing+=("$(basename "$PYTHON")-venv")
+# libzmq (with CURVE, through libsodium) and pkg-config to find it: the transport links to it.
+pkg-config --exists libzmq 2>/dev/null || missing+=(libzmq3-dev pkg-config)
 # Headless browser for the Clusters page tests (Playwright drives Debian's chromium; never
 # `playwright install`).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)

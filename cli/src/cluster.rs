@@ -53,6 +53,10 @@ pub struct StartArgs {
     /// Seconds the engines may take to become ready.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     timeout: f64,
+    /// The largest message frame (bytes) the controller accepts from clients and engines
+    /// (default: 2 GiB).
+    #[arg(long, value_name = "BYTES")]
+    max_message_size: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +69,10 @@ pub struct ControllerArgs {
     /// The largest apply result (bytes) kept in the task database for later `get_result`.
     #[arg(long, default_value_t = parallax_controller::DEFAULT_RESULT_LIMIT, value_name = "BYTES")]
     result_limit: usize,
+    /// The largest message frame (bytes) a client or engine may send; a peer announcing a
+    /// larger one is disconnected.
+    #[arg(long, default_value_t = parallax_controller::DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES")]
+    max_message_size: u64,
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +96,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         profile: Profile::named(&args.profile)?,
         ip: args.ip,
         result_limit: args.result_limit,
+        max_message_size: args.max_message_size,
     };
     runtime()?.block_on(parallax_controller::run(options, stop_signal()))?;
     Ok(())
@@ -129,6 +138,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         ip: args.ip,
         exe: std::env::current_exe().context("cannot find the parallax binary")?,
         timeout: Duration::from_secs_f64(args.timeout),
+        max_message_size: args.max_message_size,
     };
     let runtime = runtime()?;
     if args.daemonize {

@@ -243,7 +243,6 @@ async fn without_restart_a_dead_engine_is_named_in_errors() {
 
 #[tokio::test]
 async fn garbage_on_every_controller_socket_is_rejected_and_counted() {
-    use zeromq::{Socket, SocketSend};
     let world = World::new();
     world.start("g", 1, &[]);
     let profile = world.profile("g");
@@ -266,17 +265,13 @@ async fn garbage_on_every_controller_socket_is_rejected_and_counted() {
         ],
         badly_signed.iter().map(|f| f.to_vec()).collect(),
     ];
+    let context = zmq::Context::new();
     for url in [&client_file.url, &engine_file.url] {
-        let mut socket = zeromq::DealerSocket::new();
-        socket.connect(url).await.expect("connect");
+        let socket = context.socket(zmq::DEALER).expect("socket");
+        socket.set_linger(1000).expect("linger");
+        socket.connect(url).expect("connect");
         for frames in &garbage {
-            let frames: Vec<parallax_wire::Bytes> = frames
-                .iter()
-                .cloned()
-                .map(parallax_wire::Bytes::from)
-                .collect();
-            let message = zeromq::ZmqMessage::try_from(frames).expect("frames");
-            socket.send(message).await.expect("send");
+            socket.send_multipart(frames.iter(), 0).expect("send");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

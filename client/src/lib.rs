@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parallax_net::{connect_dealer, LinkStats, NetError, Outbox};
+use parallax_net::{connect_dealer, Limits, LinkStats, NetError, Outbox};
 use parallax_wire::cluster::{
     ConnectReply, EngineDied, EngineId, EngineInfo, EnginesReply, QueueReply, Routing, Targets,
     TaskRecord, TaskReply, TaskRequest,
@@ -134,6 +134,7 @@ impl ControllerClient {
             Some(identity),
             timeout,
             LinkStats::new("controller"),
+            file.max_message_size.map_or(Limits::DATA, Limits::data),
         )
         .await?;
         let pending: Pending = Arc::default();

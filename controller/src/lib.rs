@@ -23,7 +23,7 @@
 
 use std::future::Future;
 
-use parallax_net::{bind_router, LinkStats, NetError, PackPeers, Packing};
+use parallax_net::{bind_router, Limits, LinkStats, NetError, PackPeers, Packing};
 use parallax_wire::profile::{ControllerFile, Profile, ProfileError};
 use parallax_wire::Session;
 
@@ -48,7 +48,13 @@ pub struct ControllerOptions {
     /// The largest `apply` result, in bytes of its buffers, kept in the task database for
     /// clients that ask later (`get_result`); larger ones are recorded by size.
     pub result_limit: usize,
+    /// The largest frame a peer may send, in bytes. A peer announcing a larger one is
+    /// disconnected before memory is reserved for it.
+    pub max_message_size: u64,
 }
+
+/// The default [`ControllerOptions::max_message_size`]: 2 GiB, room for real arrays.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = Limits::DATA.max_frame;
 
 /// The default [`ControllerOptions::result_limit`]: 1 MiB.
 pub const DEFAULT_RESULT_LIMIT: usize = 1 << 20;
@@ -60,6 +66,7 @@ impl ControllerOptions {
             profile,
             ip: "127.0.0.1".into(),
             result_limit: DEFAULT_RESULT_LIMIT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -118,11 +125,13 @@ pub async fn run(
     let engine_stats = LinkStats::new("controller engine link");
     let client_packs = PackPeers::default();
     let engine_packs = PackPeers::default();
+    let limits = Limits::data(options.max_message_size);
     let (client_bound, clients_out, clients_in) = bind_router(
         &endpoint,
         session.clone(),
         client_stats.clone(),
         Packing::To(client_packs.clone()),
+        limits,
     )
     .await?;
     let (engine_bound, engines_out, engines_in) = bind_router(
@@ -130,6 +139,7 @@ pub async fn run(
         session.clone(),
         engine_stats.clone(),
         Packing::To(engine_packs.clone()),
+        limits,
     )
     .await?;
 
@@ -146,6 +156,7 @@ pub async fn run(
             signature_scheme: SIGNATURE_SCHEME.into(),
             profile: profile.name().to_owned(),
             controller_pid: std::process::id(),
+            max_message_size: Some(options.max_message_size),
         })
     };
     let client_file = file(&client_bound, &client_host)?;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use common::{Client, Controller, Engine};
 use parallax_wire::{Bytes, Session, DELIMITER};
 use serde_json::{json, Value};
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 #[tokio::test]
 async fn requests_for_missing_or_dead_engines_fail_clearly() {
@@ -232,22 +231,17 @@ async fn a_restarted_kernel_reclaims_its_id() {
 }
 
 /// Sends raw frames on a fresh DEALER: garbage, a truncated message, a badly signed one.
-async fn send_bad_frames(url: &str, key: &str) -> zeromq::DealerSocket {
-    let mut raw = zeromq::DealerSocket::new();
-    raw.connect(url).await.expect("connect");
-    let garbage = ZmqMessage::from("garbage");
-    raw.send(garbage).await.expect("send");
-    let truncated = ZmqMessage::try_from(vec![
-        Bytes::from_static(DELIMITER),
-        Bytes::from_static(b"sig"),
-        Bytes::from_static(b"{}"),
-    ])
-    .expect("frames");
-    raw.send(truncated).await.expect("send");
+fn send_bad_frames(url: &str, key: &str) -> zmq::Socket {
+    let raw = zmq::Context::new().socket(zmq::DEALER).expect("socket");
+    raw.set_rcvtimeo(i32::try_from(common::TIMEOUT.as_millis()).unwrap_or(i32::MAX))
+        .expect("timeout");
+    raw.connect(url).expect("connect");
+    raw.send("garbage", 0).expect("send");
+    let truncated: [&[u8]; 3] = [DELIMITER, b"sig", b"{}"];
+    raw.send_multipart(truncated, 0).expect("send");
     let wrong_key = Session::new(b"not-the-key", "intruder");
     let badly_signed = wrong_key.encode(&wrong_key.message("connect_request", &json!({})));
-    raw.send(ZmqMessage::try_from(badly_signed).expect("frames"))
-        .await
+    raw.send_multipart(badly_signed.iter().map(|f| f.to_vec()), 0)
         .expect("send");
     // Then a good request on the same connection: once it is answered, the bad ones have
     // been through the controller too.
@@ -256,10 +250,19 @@ async fn send_bad_frames(url: &str, key: &str) -> zeromq::DealerSocket {
         "register_request",
         &json!({"uuid": "raw", "host": "h", "pid": 1, "kernel": "k", "kernel_pid": 2}),
     ));
-    raw.send(ZmqMessage::try_from(good).expect("frames"))
-        .await
+    raw.send_multipart(good.iter().map(|f| f.to_vec()), 0)
         .expect("send");
     raw
+}
+
+/// The next message on a raw socket, received off the runtime's thread.
+async fn recv_raw(raw: zmq::Socket) -> (zmq::Socket, Vec<Bytes>) {
+    tokio::task::spawn_blocking(move || {
+        let frames = raw.recv_multipart(0).expect("answered in time");
+        (raw, frames.into_iter().map(Bytes::from).collect())
+    })
+    .await
+    .expect("receiver")
 }
 
 #[tokio::test]
@@ -271,23 +274,17 @@ async fn bad_frames_are_rejected_counted_and_harmless() {
 
     // Client side: the good message is a register_request, which a client may not send: it
     // gets an UnknownMessageType reply, so we know the bad frames before it were handled.
-    let mut raw = send_bad_frames(&controller.client_file().url, &key).await;
-    let frames = tokio::time::timeout(common::TIMEOUT, raw.recv())
-        .await
-        .expect("answered")
-        .expect("frames");
-    let reply = session.decode(frames.into_vec()).expect("valid reply");
+    let raw = send_bad_frames(&controller.client_file().url, &key);
+    let (_raw, frames) = recv_raw(raw).await;
+    let reply = session.decode(frames).expect("valid reply");
     assert_eq!(reply.msg_type(), "register_reply");
     let content: Value = reply.content_as().expect("content");
     assert_eq!(content["ename"], "UnknownMessageType");
 
     // Engine side: the good message registers.
-    let mut raw = send_bad_frames(&controller.engine_file().url, &key).await;
-    let frames = tokio::time::timeout(common::TIMEOUT, raw.recv())
-        .await
-        .expect("answered")
-        .expect("frames");
-    let reply = session.decode(frames.into_vec()).expect("valid reply");
+    let raw = send_bad_frames(&controller.engine_file().url, &key);
+    let (_engine_link, frames) = recv_raw(raw).await;
+    let reply = session.decode(frames).expect("valid reply");
     assert_eq!(reply.msg_type(), "register_reply");
     let content: Value = reply.content_as().expect("content");
     assert_eq!(content["status"], "ok");

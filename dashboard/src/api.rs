@@ -218,6 +218,7 @@ async fn start_profile(
         ip: "127.0.0.1".into(),
         exe: app.exe.clone(),
         timeout: START_TIMEOUT,
+        max_message_size: None,
     };
     let started = parallax_launcher::start_daemon(&options).await;
     // Published whether or not it came up: a failed start has stopped what it began.

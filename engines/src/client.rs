@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use parallax_net::{connect_dealer, connect_sub, Inbox, LinkStats, NetError, Outbox};
+use parallax_net::{connect_dealer, connect_sub, Inbox, Limits, LinkStats, NetError, Outbox};
 use parallax_wire::{endpoint, Channel, ConnectionInfo, Message, Session};
 use tokio::time::Instant;
 
@@ -61,6 +61,7 @@ impl KernelClient {
             session.clone(),
             timeout,
             stats("iopub"),
+            Limits::DATA,
         )
         .await?;
         let (shell, shell_replies) = connect_dealer(
@@ -69,6 +70,7 @@ impl KernelClient {
             Some(identity.clone()),
             timeout,
             stats("shell"),
+            Limits::DATA,
         )
         .await?;
         let (stdin, stdin_requests) = connect_dealer(
@@ -77,6 +79,7 @@ impl KernelClient {
             Some(identity),
             timeout,
             stats("stdin"),
+            Limits::DATA,
         )
         .await?;
         let (control, control_replies) = connect_dealer(
@@ -85,6 +88,7 @@ impl KernelClient {
             None,
             timeout,
             stats("control"),
+            Limits::DATA,
         )
         .await?;
         Ok(KernelClient {

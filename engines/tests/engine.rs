@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parallax_engines::engine::{self, EngineError, EngineOptions};
-use parallax_net::{bind_router, Inbox, LinkStats, Outbox, Packing};
+use parallax_net::{bind_router, Inbox, Limits, LinkStats, Outbox, Packing};
 use parallax_wire::cluster::{Heartbeat, KernelDied, RegisterReply, RegisterRequest};
 use parallax_wire::profile::{write_json, ControllerFile};
 use parallax_wire::{Message, Session};
@@ -121,6 +121,7 @@ impl Controller {
             session.clone(),
             LinkStats::new("fake-controller"),
             Packing::Never,
+            Limits::DATA,
         )
         .await
         .expect("bind");
@@ -132,6 +133,7 @@ impl Controller {
             signature_scheme: "hmac-sha256".into(),
             profile: "test".into(),
             controller_pid: std::process::id(),
+            max_message_size: None,
         };
         write_json(&file, &contents, true).expect("write controller file");
         Controller {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use parallax_net::{
-    bind_heartbeat, bind_pub, bind_router, Inbox, LinkStats, NetError, Outbox, Packing,
+    bind_heartbeat, bind_pub, bind_router, Inbox, Limits, LinkStats, NetError, Outbox, Packing,
 };
 use parallax_wire::{endpoint, Bytes, Channel, ConnectionInfo, Message, Session};
 use serde::Serialize;
@@ -38,6 +38,7 @@ impl Frontend {
             session.clone(),
             shell_stats.clone(),
             Packing::Never,
+            Limits::FRONTEND,
         )
         .await?;
         let (_, control, control_requests) = bind_router(
@@ -45,6 +46,7 @@ impl Frontend {
             session.clone(),
             control_stats.clone(),
             Packing::Never,
+            Limits::FRONTEND,
         )
         .await?;
         let (_, stdin, stdin_replies) = bind_router(
@@ -52,6 +54,7 @@ impl Frontend {
             session.clone(),
             stdin_stats.clone(),
             Packing::Never,
+            Limits::FRONTEND,
         )
         .await?;
         let (_, iopub) = bind_pub(&endpoint(info, Channel::IoPub), session.clone()).await?;

@@ -76,6 +76,9 @@ pub struct StartOptions {
     pub exe: PathBuf,
     /// How long engines may take to become ready.
     pub timeout: Duration,
+    /// The largest message frame the controller accepts (`controller --max-message-size`);
+    /// `None`: the controller's default.
+    pub max_message_size: Option<u64>,
 }
 
 impl StartOptions {
@@ -95,6 +98,9 @@ impl StartOptions {
             "--timeout".into(),
             self.timeout.as_secs_f64().to_string(),
         ];
+        if let Some(size) = self.max_message_size {
+            args.extend(["--max-message-size".into(), size.to_string()]);
+        }
         if self.restart_engines {
             args.push("--restart-engines".into());
         }

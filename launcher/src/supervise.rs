@@ -119,13 +119,16 @@ impl Supervisor<'_> {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), LaunchError> {
         let profile = &self.options.profile;
-        let args = [
+        let mut args = vec![
             "controller".to_owned(),
             "--profile".into(),
             profile.name().into(),
             "--ip".into(),
             self.options.ip.clone(),
         ];
+        if let Some(size) = self.options.max_message_size {
+            args.extend(["--max-message-size".into(), size.to_string()]);
+        }
         let pid = self.spawn(
             Role::Controller,
             &args,

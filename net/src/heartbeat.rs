@@ -3,37 +3,36 @@
 
 use std::time::Duration;
 
-use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend};
+use bytes::Bytes;
 
+use crate::socket::{self, Driven, Limits};
 use crate::NetError;
+
+/// A ping is a few bytes; anything much larger is not one.
+const PING_LIMIT: Limits = Limits { max_frame: 1024 };
 
 /// Binds a heartbeat REP socket that echoes each ping back unchanged, for as long as the process
 /// runs. Returns the resolved endpoint.
 pub async fn bind_heartbeat(endpoint: &str) -> Result<String, NetError> {
-    let mut socket = zeromq::RepSocket::new();
-    let bound = socket
-        .bind(endpoint)
-        .await
-        .map_err(|source| NetError::Bind {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
+    let socket = socket::new_socket(zmq::REP, PING_LIMIT)?;
+    let bound = socket::bind(&socket, endpoint)?;
+    let mut driven = Driven::new(socket)?;
     tokio::spawn(async move {
         loop {
-            match socket.recv().await {
+            match driven.recv().await {
                 Ok(ping) => {
-                    if let Err(error) = socket.send(ping).await {
+                    if let Err(error) = driven.send(ping).await {
                         tracing::debug!(%error, "heartbeat echo failed");
                     }
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "heartbeat receive failed");
-                    tokio::task::yield_now().await;
+                    tracing::warn!(%error, "heartbeat socket failed; no longer echoing");
+                    return;
                 }
             }
         }
     });
-    Ok(bound.to_string())
+    Ok(bound)
 }
 
 /// A heartbeat client: pings a REP endpoint and says whether an echo came back in time.
@@ -42,7 +41,7 @@ pub async fn bind_heartbeat(endpoint: &str) -> Result<String, NetError> {
 /// socket is recreated.
 pub struct Heartbeat {
     endpoint: String,
-    socket: Option<zeromq::ReqSocket>,
+    socket: Option<Driven>,
     connect_timeout: Duration,
 }
 
@@ -77,35 +76,16 @@ impl Heartbeat {
         let socket = match &mut self.socket {
             Some(socket) => socket,
             slot => {
-                let mut options = SocketOptions::default();
-                options.connect_timeout(self.connect_timeout);
-                let mut socket = zeromq::ReqSocket::with_options(options);
-                socket
-                    .connect(&self.endpoint)
-                    .await
-                    .map_err(|source| NetError::Connect {
-                        endpoint: self.endpoint.clone(),
-                        source,
-                    })?;
-                slot.insert(socket)
+                let socket = socket::new_socket(zmq::REQ, PING_LIMIT)?;
+                socket.set_connect_timeout(
+                    i32::try_from(self.connect_timeout.as_millis()).unwrap_or(i32::MAX),
+                )?;
+                socket::connect(&socket, &self.endpoint)?;
+                slot.insert(Driven::new(socket)?)
             }
         };
-        let ping = zeromq::ZmqMessage::from(b"ping".to_vec());
-        let endpoint = || self.endpoint.clone();
-        socket
-            .send(ping)
-            .await
-            .map_err(|source| NetError::Connect {
-                endpoint: endpoint(),
-                source,
-            })?;
-        socket
-            .recv()
-            .await
-            .map(|_| ())
-            .map_err(|source| NetError::Connect {
-                endpoint: endpoint(),
-                source,
-            })
+        socket.send(vec![Bytes::from_static(b"ping")]).await?;
+        socket.recv().await?;
+        Ok(())
     }
 }

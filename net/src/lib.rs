@@ -1,14 +1,16 @@
 //! ZeroMQ sockets for Jupyter links.
 //!
-//! This crate is the seam between Parallax and its ZeroMQ implementation (zmq.rs, the `zeromq`
-//! crate). Each socket is owned by one task; the rest of the program sees only channels of decoded
-//! [`Message`]s:
+//! This crate is the seam between Parallax and its ZeroMQ implementation, libzmq (through the
+//! `zmq` crate, linked to the system's libzmq). Each socket is owned by one task; the rest of the
+//! program sees only channels of decoded [`Message`]s:
 //!
 //! - an [`Outbox`] (a bounded sender) whose messages the socket task signs and sends, and
 //! - an [`Inbox`] (a bounded receiver) of messages that arrived, decoded and verified.
 //!
 //! Frames that do not decode (bad signature, malformed JSON, missing delimiter...) are dropped by
 //! the socket task, logged, and counted in the link's [`LinkStats`]; they never reach the program.
+//! Frames larger than the link's [`Limits`] never reach memory: libzmq refuses them when their
+//! header arrives and disconnects the peer.
 //!
 //! Every receiving task unpacks packs ([`parallax_wire::pack`]): the messages in one arrive in the
 //! inbox one by one, in order. A ROUTER bound with [`Packing::To`] also sends them, to the peers
@@ -21,8 +23,10 @@
 //! # Layout
 //!
 //! - [`bind_router`], [`bind_pub`], [`bind_heartbeat`]: the server side of a kernel
-//!   (shell/control/stdin, iopub, heartbeat).
-//! - [`connect_dealer`], [`connect_sub`], [`Heartbeat`]: the client side, used to drive a kernel.
+//!   (shell/control/stdin, iopub, heartbeat) and of the controller.
+//! - [`connect_dealer`], [`connect_sub`], [`Heartbeat`]: the client side, used to drive a kernel
+//!   and to reach the controller. libzmq connects and reconnects in the background.
+//! - `socket`: the task that drives one libzmq socket, and the options every socket gets.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,12 +37,14 @@ use bytes::Bytes;
 use parallax_wire::pack::{self, PACK_BYTES_LIMIT, PACK_COUNT_LIMIT, PACK_MESSAGE_LIMIT};
 use parallax_wire::{Message, Session};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 mod heartbeat;
+mod socket;
 
 pub use heartbeat::{bind_heartbeat, Heartbeat};
+pub use socket::Limits;
+
+use socket::{Driven, Inbound};
 
 /// Messages to send on a link.
 pub type Outbox = mpsc::Sender<Message>;
@@ -54,19 +60,18 @@ pub enum NetError {
     #[error("cannot bind {endpoint}: {source}")]
     Bind {
         endpoint: String,
-        source: zeromq::ZmqError,
+        source: zmq::Error,
     },
     #[error("cannot connect to {endpoint}: {source}")]
     Connect {
         endpoint: String,
-        source: zeromq::ZmqError,
+        source: zmq::Error,
     },
-    #[error("cannot subscribe on {endpoint}: {source}")]
-    Subscribe {
-        endpoint: String,
-        source: zeromq::ZmqError,
-    },
-    #[error("invalid socket identity ({len} bytes; at most 255)")]
+    #[error("cannot set up a socket: {0}")]
+    Socket(#[from] zmq::Error),
+    #[error("cannot watch a socket: {0}")]
+    Watch(#[from] std::io::Error),
+    #[error("invalid socket identity ({len} bytes; 1 to 255)")]
     Identity { len: usize },
 }
 
@@ -100,14 +105,6 @@ impl LinkStats {
         let count = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(link = %self.name, rejected = count, %error, "dropped a message");
     }
-}
-
-fn frames_of(message: ZmqMessage) -> Vec<Bytes> {
-    message.into_vec()
-}
-
-fn zmq_message(frames: Vec<Bytes>) -> Option<ZmqMessage> {
-    ZmqMessage::try_from(frames).ok()
 }
 
 /// Decodes received frames (one message, or each message of a pack), counting and logging the
@@ -173,142 +170,94 @@ impl PackPeers {
     }
 }
 
-/// The endpoint a bind resolved to (port chosen by the OS when the endpoint asked for port 0).
-fn resolved(endpoint: zeromq::Endpoint) -> String {
-    endpoint.to_string()
-}
-
 /// Binds a ROUTER (shell, control, stdin on a kernel; the controller's client and engine links).
 /// Messages in the inbox carry the sender's routing identity in `identities`; messages sent
-/// through the outbox are routed by theirs.
+/// through the outbox are routed by theirs. Returns the endpoint it bound (with the port the OS
+/// chose, if the endpoint asked for port 0).
 pub async fn bind_router(
     endpoint: &str,
     session: Session,
     stats: Arc<LinkStats>,
     packing: Packing,
+    limits: Limits,
 ) -> Result<(String, Outbox, Inbox), NetError> {
-    let mut socket = zeromq::RouterSocket::new();
-    let bound = socket
-        .bind(endpoint)
-        .await
-        .map_err(|source| NetError::Bind {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
-    let (send_half, recv_half) = socket.split();
+    let socket = socket::new_socket(zmq::ROUTER, limits)?;
+    // Never drop a message for a slow peer (the program bounds what it queues), and say so when
+    // a message is for a peer that is gone instead of dropping it silently.
+    socket.set_sndhwm(0)?;
+    socket.set_router_mandatory(true)?;
+    let bound = socket::bind(&socket, endpoint)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
-
-    tokio::spawn(pump_in(recv_half, session.clone(), stats, in_tx));
-    tokio::spawn(pump_out(send_half, session, out_rx, packing));
-    Ok((resolved(bound), out_tx, in_rx))
+    let driven = Driven::new(socket)?;
+    tokio::spawn(socket::pump(
+        driven,
+        session,
+        stats,
+        Inbound::Decode(in_tx),
+        Some(out_rx),
+        packing,
+    ));
+    Ok((bound, out_tx, in_rx))
 }
 
 /// Binds the iopub publisher. Each message's `identities` is its topic. Every new subscription is
 /// answered with an `iopub_welcome` message, so a client knows when it is subscribed instead of
-/// guessing; messages are never dropped for a slow subscriber (the sender waits).
+/// guessing; messages are never dropped for a slow subscriber.
 pub async fn bind_pub(endpoint: &str, session: Session) -> Result<(String, Outbox), NetError> {
-    let mut socket = zeromq::XPubSocket::new();
-    let bound = socket
-        .bind(endpoint)
-        .await
-        .map_err(|source| NetError::Bind {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
-    tokio::spawn(async move {
-        // The XPUB records a subscription only while `recv` runs, so this one task both sends and
-        // receives (zmq.rs's XPUB cannot be split).
-        loop {
-            tokio::select! {
-                outgoing = out_rx.recv() => {
-                    let Some(message) = outgoing else { break };
-                    if let Some(frames) = zmq_message(session.encode(&message)) {
-                        if let Err(error) = socket.send(frames).await {
-                            tracing::debug!(%error, "publish failed");
-                        }
-                    }
-                }
-                incoming = socket.recv() => {
-                    let Ok(frames) = incoming else { continue };
-                    let subscribe = frames.get(0).filter(|f| f.first() == Some(&1)).cloned();
-                    if let Some(frame) = subscribe {
-                        let topic = String::from_utf8_lossy(&frame[1..]).into_owned();
-                        let mut welcome = session.message(
-                            "iopub_welcome",
-                            &serde_json_object("subscription", &topic),
-                        );
-                        welcome.identities = vec![frame.slice(1..)];
-                        if let Some(frames) = zmq_message(session.encode(&welcome)) {
-                            let _ = socket.send(frames).await;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Ok((resolved(bound), out_tx))
+    let socket = socket::new_socket(zmq::XPUB, Limits::FRONTEND)?;
+    socket.set_xpub_verbose(true)?;
+    socket.set_sndhwm(0)?;
+    let bound = socket::bind(&socket, endpoint)?;
+    let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
+    let driven = Driven::new(socket)?;
+    tokio::spawn(socket::pump(
+        driven,
+        session,
+        LinkStats::new("iopub"),
+        Inbound::Welcome,
+        Some(out_rx),
+        Packing::Never,
+    ));
+    Ok((bound, out_tx))
 }
 
-fn serde_json_object(key: &str, value: &str) -> std::collections::BTreeMap<String, String> {
-    std::iter::once((key.to_owned(), value.to_owned())).collect()
-}
-
-/// Connects `socket` to `endpoint`, retrying until `timeout`: a kernel that is still starting
-/// refuses or resets connections for a moment.
-async fn connect_with_retry<S: Socket>(
-    socket: &mut S,
-    endpoint: &str,
-    timeout: Duration,
-) -> Result<(), NetError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match socket.connect(endpoint).await {
-            Ok(()) => return Ok(()),
-            Err(source) if Instant::now() >= deadline => {
-                return Err(NetError::Connect {
-                    endpoint: endpoint.to_owned(),
-                    source,
-                })
-            }
-            Err(error) => {
-                tracing::trace!(%endpoint, %error, "connect failed; retrying");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-fn options_with(identity: Option<Bytes>, timeout: Duration) -> Result<SocketOptions, NetError> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(timeout);
-    if let Some(identity) = identity {
-        let len = identity.len();
-        let peer = zeromq::util::PeerIdentity::try_from(identity)
-            .map_err(|_| NetError::Identity { len })?;
-        options.peer_identity(peer);
-    }
-    Ok(options)
-}
-
-/// Connects a DEALER (a client's shell, control and stdin). `identity` is the routing identity
-/// the peer sees; a kernel routes stdin requests to the identity of the shell request's sender, so
-/// a client's shell and stdin sockets share one.
+/// Connects a DEALER (a client's shell, control and stdin; an engine's link to the controller).
+/// `identity` is the routing identity the peer sees; a kernel routes stdin requests to the
+/// identity of the shell request's sender, so a client's shell and stdin sockets share one.
+///
+/// libzmq connects in the background and reconnects after the peer restarts; what is sent
+/// before the connection is made waits in the socket. `timeout` bounds how long a connection
+/// attempt (TCP and handshake) may take before libzmq tries again.
 pub async fn connect_dealer(
     endpoint: &str,
     session: Session,
     identity: Option<Bytes>,
     timeout: Duration,
     stats: Arc<LinkStats>,
+    limits: Limits,
 ) -> Result<(Outbox, Inbox), NetError> {
-    let mut socket = zeromq::DealerSocket::with_options(options_with(identity, timeout)?);
-    connect_with_retry(&mut socket, endpoint, timeout).await?;
-    let (send_half, recv_half) = socket.split();
+    let socket = socket::new_socket(zmq::DEALER, limits)?;
+    if let Some(identity) = identity {
+        let len = identity.len();
+        if !(1..=255).contains(&len) {
+            return Err(NetError::Identity { len });
+        }
+        socket.set_identity(&identity)?;
+    }
+    socket.set_connect_timeout(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))?;
+    socket::connect(&socket, endpoint)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
-    tokio::spawn(pump_in(recv_half, session.clone(), stats, in_tx));
-    tokio::spawn(pump_out(send_half, session, out_rx, Packing::Never));
+    let driven = Driven::new(socket)?;
+    tokio::spawn(socket::pump(
+        driven,
+        session,
+        stats,
+        Inbound::Decode(in_tx),
+        Some(out_rx),
+        Packing::Never,
+    ));
     Ok((out_tx, in_rx))
 }
 
@@ -318,82 +267,23 @@ pub async fn connect_sub(
     session: Session,
     timeout: Duration,
     stats: Arc<LinkStats>,
+    limits: Limits,
 ) -> Result<Inbox, NetError> {
-    let mut socket = zeromq::SubSocket::with_options(options_with(None, timeout)?);
-    connect_with_retry(&mut socket, endpoint, timeout).await?;
-    socket
-        .subscribe("")
-        .await
-        .map_err(|source| NetError::Subscribe {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
+    let socket = socket::new_socket(zmq::SUB, limits)?;
+    socket.set_connect_timeout(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))?;
+    socket.set_subscribe(b"")?;
+    socket::connect(&socket, endpoint)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
-    tokio::spawn(pump_in(socket, session, stats, in_tx));
+    let driven = Driven::new(socket)?;
+    tokio::spawn(socket::pump(
+        driven,
+        session,
+        stats,
+        Inbound::Decode(in_tx),
+        None,
+        Packing::Never,
+    ));
     Ok(in_rx)
-}
-
-/// Receives, decodes and forwards messages until the inbox is dropped.
-async fn pump_in<R: SocketRecv>(
-    mut socket: R,
-    session: Session,
-    stats: Arc<LinkStats>,
-    inbox: mpsc::Sender<Message>,
-) {
-    loop {
-        tokio::select! {
-            _ = inbox.closed() => break,
-            received = socket.recv() => match received {
-                Ok(frames) => {
-                    for message in decode(&session, &stats, frames_of(frames)) {
-                        if inbox.send(message).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                // A peer went away; the socket carries on with the others.
-                Err(error) => {
-                    tracing::debug!(link = %stats.name(), %error, "receive failed");
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
-    }
-}
-
-/// Signs and sends messages until every outbox sender is dropped.
-async fn pump_out<S: SocketSend>(
-    mut socket: S,
-    session: Session,
-    mut outbox: mpsc::Receiver<Message>,
-    packing: Packing,
-) {
-    let mut waiting = Vec::new();
-    while let Some(message) = outbox.recv().await {
-        waiting.push(message);
-        let peers = match &packing {
-            Packing::Never => None,
-            Packing::To(peers) => {
-                while waiting.len() < PACK_COUNT_LIMIT {
-                    match outbox.try_recv() {
-                        Ok(message) => waiting.push(message),
-                        Err(_) => break,
-                    }
-                }
-                Some(peers)
-            }
-        };
-        for (msg_type, frames) in outgoing(&session, waiting.drain(..), peers) {
-            let Some(frames) = zmq_message(frames) else {
-                continue;
-            };
-            if let Err(error) = socket.send(frames).await {
-                // Routing to a peer that has gone is not fatal (libzmq drops such messages
-                // silently).
-                tracing::debug!(%error, msg_type, "send failed");
-            }
-        }
-    }
 }
 
 type Outgoing = Vec<(&'static str, Vec<Bytes>)>;
@@ -583,6 +473,7 @@ mod tests {
             session.clone(),
             LinkStats::new("router"),
             Packing::To(peers.clone()),
+            Limits::DATA,
         )
         .await
         .expect("bind");
@@ -592,6 +483,7 @@ mod tests {
             None,
             Duration::from_secs(5),
             LinkStats::new("dealer"),
+            Limits::DATA,
         )
         .await
         .expect("connect");

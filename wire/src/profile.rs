@@ -186,6 +186,10 @@ pub struct ControllerFile {
     pub profile: String,
     /// The controller's process id.
     pub controller_pid: u32,
+    /// The largest frame the controller accepts, in bytes (its `--max-message-size`); peers
+    /// use it for their own side of the link. Absent in files of older controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_size: Option<u64>,
 }
 
 #[cfg(test)]
@@ -223,6 +227,7 @@ mod tests {
             signature_scheme: "hmac-sha256".into(),
             profile: "t".into(),
             controller_pid: 1,
+            max_message_size: None,
         };
         write_json(&profile.client_file(), &file, true).expect("write");
         let mode = fs::metadata(profile.client_file())

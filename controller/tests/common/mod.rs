@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use parallax_controller::{run, ControllerError, ControllerOptions};
-use parallax_net::{connect_dealer, Inbox, LinkStats, Outbox};
+use parallax_net::{connect_dealer, Inbox, Limits, LinkStats, Outbox};
 use parallax_wire::cluster::EngineId;
 use parallax_wire::profile::{read_json, ControllerFile, Profile};
 use parallax_wire::{Bytes, Message, Session};
@@ -102,6 +102,7 @@ impl Peer {
             identity,
             TIMEOUT,
             LinkStats::new("test peer"),
+            Limits::DATA,
         )
         .await
         .expect("connect");

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parallax_net::{connect_dealer, LinkStats, NetError};
+use parallax_net::{connect_dealer, Limits, LinkStats, NetError};
 use parallax_wire::cluster::EngineId;
 use parallax_wire::profile::{read_json, ControllerFile, ProfileError};
 use parallax_wire::Session;
@@ -140,6 +140,7 @@ pub async fn run(
             Some(Bytes::from(uuid.clone().into_bytes())),
             CONNECT_TIMEOUT,
             LinkStats::new("controller"),
+            file.max_message_size.map_or(Limits::DATA, Limits::data),
         )
         .await
         .map_err(|source| EngineError::Connect {

@@ -685,6 +685,7 @@ impl Kernel {
                     ip: "127.0.0.1".into(),
                     exe,
                     timeout: Duration::from_secs(60),
+                    max_message_size: None,
                 };
                 self.cluster = None;
                 match parallax_launcher::start_daemon(&options).await {
