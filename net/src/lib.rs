@@ -10,7 +10,8 @@
 //! Frames that do not decode (bad signature, malformed JSON, missing delimiter...) are dropped by
 //! the socket task, logged, and counted in the link's [`LinkStats`]; they never reach the program.
 //! Frames larger than the link's [`Limits`] never reach memory: libzmq refuses them when their
-//! header arrives and disconnects the peer.
+//! header arrives and disconnects the peer. A bound ROUTER also refuses a message whose signature
+//! it accepted before ([`Replays`]), as jupyter_client does.
 //!
 //! Every receiving task unpacks packs ([`parallax_wire::pack`]): the messages in one arrive in the
 //! inbox one by one, in order. A ROUTER bound with [`Packing::To`] also sends them, to the peers
@@ -39,12 +40,14 @@ use parallax_wire::{Message, Session};
 use tokio::sync::mpsc;
 
 mod heartbeat;
+mod replay;
 mod socket;
 
 pub use heartbeat::{bind_heartbeat, Heartbeat};
+pub use replay::Replays;
 pub use socket::Limits;
 
-use socket::{Driven, Inbound};
+use socket::{Driven, Inbound, Replay};
 
 /// Messages to send on a link.
 pub type Outbox = mpsc::Sender<Message>;
@@ -108,31 +111,47 @@ impl LinkStats {
 }
 
 /// Decodes received frames (one message, or each message of a pack), counting and logging the
-/// ones that do not decode.
-fn decode(session: &Session, stats: &LinkStats, frames: Vec<Bytes>) -> Vec<Message> {
-    if !pack::is_pack(&frames) {
-        return match session.decode(frames) {
-            Ok(message) => vec![message],
+/// ones that do not decode. With `replays`, a message or pack whose signature was accepted before
+/// is refused too.
+fn decode(
+    session: &Session,
+    stats: &LinkStats,
+    replays: Option<&mut Replays>,
+    frames: Vec<Bytes>,
+) -> Vec<Message> {
+    let signature = replays.as_ref().and_then(|_| replay::signature_of(&frames));
+    let messages = if !pack::is_pack(&frames) {
+        match session.decode(frames) {
+            Ok(message) => vec![Ok(message)],
             Err(error) => {
                 stats.reject(&error);
-                Vec::new()
+                return Vec::new();
             }
-        };
-    }
-    match pack::unpack(session.signer(), frames) {
-        Ok(messages) => messages
-            .into_iter()
-            .filter_map(|message| {
-                message
-                    .map_err(|error| stats.reject(&format!("in a pack: {error}")))
-                    .ok()
-            })
-            .collect(),
-        Err(error) => {
-            stats.reject(&error);
-            Vec::new()
+        }
+    } else {
+        match pack::unpack(session.signer(), frames) {
+            Ok(messages) => messages,
+            Err(error) => {
+                stats.reject(&error);
+                return Vec::new();
+            }
+        }
+    };
+    // The signature verified: refuse it if it was seen before, else remember it.
+    if let (Some(replays), Some(signature)) = (replays, signature) {
+        if !replays.first_time(&signature, std::time::Instant::now()) {
+            stats.reject(&"a replayed message (its signature was accepted before)");
+            return Vec::new();
         }
     }
+    messages
+        .into_iter()
+        .filter_map(|message| {
+            message
+                .map_err(|error| stats.reject(&format!("in a pack: {error}")))
+                .ok()
+        })
+        .collect()
 }
 
 /// Whether a link's socket task packs what it sends.
@@ -194,7 +213,7 @@ pub async fn bind_router(
         driven,
         session,
         stats,
-        Inbound::Decode(in_tx),
+        (Inbound::Decode(in_tx), Replay::Refuse),
         Some(out_rx),
         packing,
     ));
@@ -215,7 +234,7 @@ pub async fn bind_pub(endpoint: &str, session: Session) -> Result<(String, Outbo
         driven,
         session,
         LinkStats::new("iopub"),
-        Inbound::Welcome,
+        (Inbound::Welcome, Replay::Allow),
         Some(out_rx),
         Packing::Never,
     ));
@@ -254,7 +273,7 @@ pub async fn connect_dealer(
         driven,
         session,
         stats,
-        Inbound::Decode(in_tx),
+        (Inbound::Decode(in_tx), Replay::Allow),
         Some(out_rx),
         Packing::Never,
     ));
@@ -279,7 +298,7 @@ pub async fn connect_sub(
         driven,
         session,
         stats,
-        Inbound::Decode(in_tx),
+        (Inbound::Decode(in_tx), Replay::Allow),
         None,
         Packing::Never,
     ));
@@ -407,7 +426,7 @@ mod tests {
         let mut by_peer: HashMap<Vec<Bytes>, Vec<u64>> = HashMap::new();
         let mut received = Vec::new();
         for (_, frames) in sent {
-            for message in decode(&session, &LinkStats::new("test"), frames) {
+            for message in decode(&session, &LinkStats::new("test"), None, frames) {
                 by_peer
                     .entry(message.identities.clone())
                     .or_default()
@@ -435,7 +454,7 @@ mod tests {
         let mut numbers = Vec::new();
         for (_, frames) in sent {
             numbers.extend(
-                decode(&session, &LinkStats::new("test"), frames)
+                decode(&session, &LinkStats::new("test"), None, frames)
                     .iter()
                     .map(number),
             );
@@ -449,7 +468,12 @@ mod tests {
         let other = Session::new(b"other key", "test");
         let burst: Vec<Message> = (0..3).map(|i| numbered(&session, i, 1)).collect();
         let stats = LinkStats::new("test");
-        let received = decode(&session, &stats, pack::pack(other.signer(), &[], &burst));
+        let received = decode(
+            &session,
+            &stats,
+            None,
+            pack::pack(other.signer(), &[], &burst),
+        );
         assert!(
             received.is_empty(),
             "a pack signed with another key is dropped"
@@ -457,9 +481,14 @@ mod tests {
         assert_eq!(stats.rejected(), 1);
         let mut truncated = pack::pack(session.signer(), &[], &burst);
         truncated.pop();
-        assert!(decode(&session, &stats, truncated).is_empty());
+        assert!(decode(&session, &stats, None, truncated).is_empty());
         assert_eq!(stats.rejected(), 2);
-        let whole = decode(&session, &stats, pack::pack(session.signer(), &[], &burst));
+        let whole = decode(
+            &session,
+            &stats,
+            None,
+            pack::pack(session.signer(), &[], &burst),
+        );
         assert_eq!(whole.iter().map(number).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(stats.rejected(), 2);
     }
@@ -504,5 +533,45 @@ mod tests {
                 .expect("open");
             assert_eq!(number(&message), i);
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_router_refuses_a_message_it_accepted_before() {
+        let session = Session::new(b"key", "test");
+        let stats = LinkStats::new("router");
+        let (url, _outbox, mut inbox) = bind_router(
+            "tcp://127.0.0.1:0",
+            session.clone(),
+            stats.clone(),
+            Packing::Never,
+            Limits::DATA,
+        )
+        .await
+        .expect("bind");
+        let (dealer_out, _dealer_in) = connect_dealer(
+            &url,
+            session.clone(),
+            None,
+            Duration::from_secs(5),
+            LinkStats::new("dealer"),
+            Limits::DATA,
+        )
+        .await
+        .expect("connect");
+        let captured = session.message("execute_request", &json!({ "i": 1 }));
+        let fresh = session.message("execute_request", &json!({ "i": 2 }));
+        for message in [captured.clone(), captured, fresh] {
+            dealer_out.send(message).await.expect("send");
+        }
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let message = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            got.push(number(&message));
+        }
+        assert_eq!(got, [1, 2], "the replayed copy never reaches the program");
+        assert_eq!(stats.rejected(), 1);
     }
 }

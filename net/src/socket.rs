@@ -22,7 +22,7 @@ use parallax_wire::{Message, Session};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use crate::{decode, outgoing, LinkStats, NetError, Packing};
+use crate::{decode, outgoing, LinkStats, NetError, Packing, Replays};
 
 /// Frames below this size are copied out of libzmq's message; larger ones are kept in it.
 const COPY_BELOW: usize = 4096;
@@ -266,16 +266,24 @@ pub(crate) enum Inbound {
     Nothing,
 }
 
+/// Whether a link refuses a message whose signature it accepted before (servers do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Replay {
+    Refuse,
+    Allow,
+}
+
 /// Runs a link until the program has dropped both of its channels (and what it queued has been
 /// handed to libzmq).
 pub(crate) async fn pump(
     driven: Driven,
     session: Session,
     stats: Arc<LinkStats>,
-    mut inbound: Inbound,
+    (mut inbound, replay): (Inbound, Replay),
     mut outbox: Option<mpsc::Receiver<Message>>,
     packing: Packing,
 ) {
+    let mut replays = (replay == Replay::Refuse).then(Replays::default);
     let mut pending_in: VecDeque<Message> = VecDeque::new();
     let mut pending_out: VecDeque<Vec<Bytes>> = VecDeque::new();
     let mut batch = Vec::new();
@@ -309,9 +317,12 @@ pub(crate) async fn pump(
                     Ok(frames) => {
                         progress = true;
                         match &inbound {
-                            Inbound::Decode(_) => {
-                                pending_in.extend(decode(&session, &stats, frames))
-                            }
+                            Inbound::Decode(_) => pending_in.extend(decode(
+                                &session,
+                                &stats,
+                                replays.as_mut(),
+                                frames,
+                            )),
                             Inbound::Welcome => {
                                 if let Some(welcome) = welcome(&session, &frames) {
                                     pending_out.push_back(welcome);
