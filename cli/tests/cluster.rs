@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{alive, eventually, kill9, stream_text, World};
+use common::{alive, eventually, exe, kill9, stream_text, World};
 use parallax_client::{engine_of, Notification};
 use parallax_launcher::ClusterState;
 use parallax_wire::cluster::{EngineInfo, EngineState};
@@ -368,6 +368,55 @@ async fn a_running_profile_is_refused_and_a_stale_one_cleaned() {
 
     let out = world.start("s", 1, &[]);
     assert!(out.contains("ready: 1 engines"), "{out}");
+}
+
+/// Regression: `cluster stop` recognised the cluster's processes by a binary named `parallax`;
+/// a cluster started by a copy under another name was reported stopped and left running.
+#[tokio::test]
+async fn a_cluster_started_by_a_renamed_binary_is_stopped() {
+    let world = World::new();
+    let renamed = world.dir.path().join("px-renamed");
+    std::fs::copy(exe(), &renamed).expect("copy the binary");
+    let start = world
+        .command_of(
+            &renamed,
+            &[
+                "cluster",
+                "start",
+                "--daemonize",
+                "--profile",
+                "r",
+                "-n",
+                "1",
+            ],
+        )
+        .output()
+        .expect("start");
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let client = world.client("r").await;
+    let engines = client.engines().await.expect("engines");
+    drop(client);
+    let pids = all_pids(&world, "r", &engines);
+    let list = world
+        .command_of(&renamed, &["cluster", "list", "--json"])
+        .output();
+    let list: Value = serde_json::from_slice(&list.expect("list").stdout).expect("json");
+    assert_eq!(list[0]["state"], "running", "{list}");
+
+    let stop = world
+        .command_of(&renamed, &["cluster", "stop", "--profile", "r"])
+        .output()
+        .expect("stop");
+    assert!(stop.status.success());
+    assert!(
+        eventually(Duration::from_secs(10), || pids.iter().all(|p| !alive(*p))).await,
+        "left running: {:?}",
+        pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]

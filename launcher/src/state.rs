@@ -77,17 +77,25 @@ pub fn status(profile: &Profile) -> ClusterStatus {
     }
 }
 
-/// Whether `pid` is alive and is a parallax process (not a recycled pid of something else).
+/// Whether `pid` is alive and is a process of a parallax cluster (not a recycled pid of
+/// something else): its command line is `<binary> cluster|controller|engine ...`. The binary's
+/// name is not checked: a cluster started by a binary installed under another name (a copy, a
+/// versioned name) is still recognised, and stopped.
 pub fn is_parallax_process(pid: u32) -> bool {
     if !is_alive(pid) {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    // Zombies have an empty command line; they are gone for our purposes.
-    cmdline
-        .split(|b| *b == 0)
-        .next()
-        .is_some_and(|exe| exe.ends_with(b"parallax"))
+    is_cluster_command(&cmdline)
+}
+
+/// Whether a `/proc/PID/cmdline` (arguments separated by NUL bytes) runs one of the cluster's
+/// subcommands. Zombies have an empty command line; they are gone for our purposes.
+fn is_cluster_command(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    let binary = args.next().unwrap_or_default();
+    let subcommand = args.next().unwrap_or_default();
+    !binary.is_empty() && matches!(subcommand, b"cluster" | b"controller" | b"engine")
 }
 
 /// Whether a process with this pid exists (and is not a zombie).
@@ -129,6 +137,11 @@ pub fn clean_stale(profile: &Profile, state: &ClusterState) {
     for pid in state.pids() {
         if is_parallax_process(pid) {
             signal_tree(pid, Signal::SIGKILL);
+        } else if is_alive(pid) {
+            tracing::warn!(
+                pid,
+                "a pid of the stale cluster now runs something else; left alone"
+            );
         }
     }
     remove_files(profile);
@@ -215,5 +228,32 @@ mod tests {
         std::fs::write(&path, "a\nb\nc\n").expect("write");
         assert_eq!(log_tail(&path, 2), "b\nc");
         assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
+    }
+
+    #[test]
+    fn cluster_processes_are_known_by_their_subcommand_not_their_binary_name() {
+        for ours in [
+            &b"/usr/bin/parallax\0cluster\0start\0--profile\0p\0"[..],
+            b"/tmp/bench/bin/px-0.1\0controller\0--profile\0p\0",
+            b"parallax-copy\0engine\0--file\0f\0",
+        ] {
+            assert!(
+                is_cluster_command(ours),
+                "{}",
+                String::from_utf8_lossy(ours)
+            );
+        }
+        for other in [
+            &b""[..],
+            b"/usr/bin/parallax\0kernel\0-f\0c.json\0",
+            b"/usr/bin/sleep\0infinity\0",
+            b"\0cluster\0",
+        ] {
+            assert!(
+                !is_cluster_command(other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 }

@@ -54,7 +54,13 @@ impl World {
 
     /// A `parallax` command in this world.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(exe());
+        self.command_of(&exe(), args)
+    }
+
+    /// A command of the `parallax` binary at `binary` (a copy under another name, say) in this
+    /// world.
+    pub fn command_of(&self, binary: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(binary);
         command
             .args(args)
             .env("PARALLAX_DIR", self.parallax_dir())
