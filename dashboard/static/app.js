@@ -163,13 +163,18 @@ function profileRow(cluster) {
     actions.append(button);
     buttons[action] = button;
   }
+  // Until the user types a number, the box follows the cluster's wanted count.
+  const row = { tr, status, running, input, buttons, edited: false };
+  input.addEventListener("input", () => {
+    row.edited = true;
+  });
   input.addEventListener("keydown", (event) => {
     if (event.key !== "Enter") return;
     const state = (view.clusters.find((c) => c.profile === name) || {}).state;
     act(name, state === "running" ? "scale" : "start");
   });
   tr.append(nameCell, status, enginesCell, actions);
-  return { tr, status, running, input, buttons };
+  return row;
 }
 
 function renderProfiles(clusters) {
@@ -192,6 +197,9 @@ function renderProfiles(clusters) {
     row.status.textContent = op ? op.label : cluster.state;
     row.status.className = "status status-" + cluster.state;
     row.running.textContent = String(cluster.engines);
+    if (cluster.n && !row.edited && document.activeElement !== row.input) {
+      row.input.value = String(cluster.n);
+    }
     const isRunning = cluster.state === "running";
     row.buttons.start.disabled = Boolean(op) || isRunning;
     row.buttons.stop.disabled = Boolean(op) || cluster.state === "stopped";
@@ -211,6 +219,7 @@ function suggestName(clusters) {
 async function act(name, action) {
   const row = rows.get(name);
   const n = row ? Number(row.input.value) : NaN;
+  if (row) row.edited = false;
   clearMessage();
   pending.set(name, { label: LABELS[action], until: null });
   render();
