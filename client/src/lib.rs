@@ -135,6 +135,7 @@ impl ControllerClient {
             timeout,
             LinkStats::new("controller"),
             file.max_message_size.map_or(Limits::DATA, Limits::data),
+            &parallax_net::Security::Null,
         )
         .await?;
         let pending: Pending = Arc::default();

@@ -132,6 +132,7 @@ pub async fn run(
         client_stats.clone(),
         Packing::To(client_packs.clone()),
         limits,
+        &parallax_net::Security::Null,
     )
     .await?;
     let (engine_bound, engines_out, engines_in) = bind_router(
@@ -140,6 +141,7 @@ pub async fn run(
         engine_stats.clone(),
         Packing::To(engine_packs.clone()),
         limits,
+        &parallax_net::Security::Null,
     )
     .await?;
 

@@ -71,6 +71,7 @@ impl KernelClient {
             timeout,
             stats("shell"),
             Limits::DATA,
+            &parallax_net::Security::Null,
         )
         .await?;
         let (stdin, stdin_requests) = connect_dealer(
@@ -80,6 +81,7 @@ impl KernelClient {
             timeout,
             stats("stdin"),
             Limits::DATA,
+            &parallax_net::Security::Null,
         )
         .await?;
         let (control, control_replies) = connect_dealer(
@@ -89,6 +91,7 @@ impl KernelClient {
             timeout,
             stats("control"),
             Limits::DATA,
+            &parallax_net::Security::Null,
         )
         .await?;
         Ok(KernelClient {

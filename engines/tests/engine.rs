@@ -122,6 +122,7 @@ impl Controller {
             LinkStats::new("fake-controller"),
             Packing::Never,
             Limits::DATA,
+            &parallax_net::Security::Null,
         )
         .await
         .expect("bind");

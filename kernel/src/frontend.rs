@@ -39,6 +39,7 @@ impl Frontend {
             shell_stats.clone(),
             Packing::Never,
             Limits::FRONTEND,
+            &parallax_net::Security::Null,
         )
         .await?;
         let (_, control, control_requests) = bind_router(
@@ -47,6 +48,7 @@ impl Frontend {
             control_stats.clone(),
             Packing::Never,
             Limits::FRONTEND,
+            &parallax_net::Security::Null,
         )
         .await?;
         let (_, stdin, stdin_replies) = bind_router(
@@ -55,6 +57,7 @@ impl Frontend {
             stdin_stats.clone(),
             Packing::Never,
             Limits::FRONTEND,
+            &parallax_net::Security::Null,
         )
         .await?;
         let (_, iopub) = bind_pub(&endpoint(info, Channel::IoPub), session.clone()).await?;

@@ -28,6 +28,8 @@
 //! - [`connect_dealer`], [`connect_sub`], [`Heartbeat`]: the client side, used to drive a kernel
 //!   and to reach the controller. libzmq connects and reconnects in the background.
 //! - `socket`: the task that drives one libzmq socket, and the options every socket gets.
+//! - [`Security`]: CurveZMQ for links between hosts (`curve`), with the ZAP handler that admits
+//!   only known client keys; `replay`: refusing a message accepted before.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,10 +41,12 @@ use parallax_wire::pack::{self, PACK_BYTES_LIMIT, PACK_COUNT_LIMIT, PACK_MESSAGE
 use parallax_wire::{Message, Session};
 use tokio::sync::mpsc;
 
+mod curve;
 mod heartbeat;
 mod replay;
 mod socket;
 
+pub use curve::{key_from_z85, z85, CurveKeys, Security};
 pub use heartbeat::{bind_heartbeat, Heartbeat};
 pub use replay::Replays;
 pub use socket::Limits;
@@ -76,6 +80,8 @@ pub enum NetError {
     Watch(#[from] std::io::Error),
     #[error("invalid socket identity ({len} bytes; 1 to 255)")]
     Identity { len: usize },
+    #[error("cannot start the CURVE key check: {reason}")]
+    Zap { reason: String },
 }
 
 /// Counters of one link, shared between its socket task and whoever reports on it.
@@ -199,8 +205,10 @@ pub async fn bind_router(
     stats: Arc<LinkStats>,
     packing: Packing,
     limits: Limits,
+    security: &Security,
 ) -> Result<(String, Outbox, Inbox), NetError> {
     let socket = socket::new_socket(zmq::ROUTER, limits)?;
+    curve::apply(&socket, security, &stats)?;
     // Never drop a message for a slow peer (the program bounds what it queues), and say so when
     // a message is for a peer that is gone instead of dropping it silently.
     socket.set_sndhwm(0)?;
@@ -255,8 +263,10 @@ pub async fn connect_dealer(
     timeout: Duration,
     stats: Arc<LinkStats>,
     limits: Limits,
+    security: &Security,
 ) -> Result<(Outbox, Inbox), NetError> {
     let socket = socket::new_socket(zmq::DEALER, limits)?;
+    curve::apply(&socket, security, &stats)?;
     if let Some(identity) = identity {
         let len = identity.len();
         if !(1..=255).contains(&len) {
@@ -503,6 +513,7 @@ mod tests {
             LinkStats::new("router"),
             Packing::To(peers.clone()),
             Limits::DATA,
+            &Security::Null,
         )
         .await
         .expect("bind");
@@ -513,6 +524,7 @@ mod tests {
             Duration::from_secs(5),
             LinkStats::new("dealer"),
             Limits::DATA,
+            &Security::Null,
         )
         .await
         .expect("connect");
@@ -545,6 +557,7 @@ mod tests {
             stats.clone(),
             Packing::Never,
             Limits::DATA,
+            &Security::Null,
         )
         .await
         .expect("bind");
@@ -555,6 +568,7 @@ mod tests {
             Duration::from_secs(5),
             LinkStats::new("dealer"),
             Limits::DATA,
+            &Security::Null,
         )
         .await
         .expect("connect");

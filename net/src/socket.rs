@@ -30,7 +30,7 @@ const COPY_BELOW: usize = 4096;
 const PENDING_OUT: usize = 256;
 
 /// The process's one libzmq context (its I/O thread serves every socket).
-fn context() -> &'static zmq::Context {
+pub(crate) fn context() -> &'static zmq::Context {
     static CONTEXT: OnceLock<zmq::Context> = OnceLock::new();
     CONTEXT.get_or_init(zmq::Context::new)
 }

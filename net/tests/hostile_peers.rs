@@ -239,6 +239,7 @@ async fn a_router_survives_hostile_peers() {
         LinkStats::new("router"),
         Packing::Never,
         Limits::DATA,
+        &parallax_net::Security::Null,
     )
     .await
     .expect("bind");
@@ -249,6 +250,7 @@ async fn a_router_survives_hostile_peers() {
         TIMEOUT,
         LinkStats::new("dealer"),
         Limits::DATA,
+        &parallax_net::Security::Null,
     )
     .await
     .expect("connect");

@@ -103,6 +103,7 @@ impl Peer {
             TIMEOUT,
             LinkStats::new("test peer"),
             Limits::DATA,
+            &parallax_net::Security::Null,
         )
         .await
         .expect("connect");

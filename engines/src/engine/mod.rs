@@ -141,6 +141,7 @@ pub async fn run(
             CONNECT_TIMEOUT,
             LinkStats::new("controller"),
             file.max_message_size.map_or(Limits::DATA, Limits::data),
+            &parallax_net::Security::Null,
         )
         .await
         .map_err(|source| EngineError::Connect {
