@@ -77,10 +77,7 @@ impl Heartbeat {
             Some(socket) => socket,
             slot => {
                 let socket = socket::new_socket(zmq::REQ, PING_LIMIT)?;
-                socket.set_connect_timeout(
-                    i32::try_from(self.connect_timeout.as_millis()).unwrap_or(i32::MAX),
-                )?;
-                socket::connect(&socket, &self.endpoint)?;
+                socket::connect(&socket, &self.endpoint, self.connect_timeout)?;
                 slot.insert(Driven::new(socket)?)
             }
         };

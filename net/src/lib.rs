@@ -51,7 +51,7 @@ pub use heartbeat::{bind_heartbeat, Heartbeat};
 pub use replay::Replays;
 pub use socket::Limits;
 
-use socket::{Driven, Inbound, Replay};
+use socket::{Inbound, Replay};
 
 /// Messages to send on a link.
 pub type Outbox = mpsc::Sender<Message>;
@@ -216,15 +216,14 @@ pub async fn bind_router(
     let bound = socket::bind(&socket, endpoint)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
-    let driven = Driven::new(socket)?;
-    tokio::spawn(socket::pump(
-        driven,
+    socket::spawn(
+        socket,
         session,
         stats,
-        (Inbound::Decode(in_tx), Replay::Refuse),
+        Inbound::Decode(in_tx, Replay::Refuse),
         Some(out_rx),
         packing,
-    ));
+    )?;
     Ok((bound, out_tx, in_rx))
 }
 
@@ -237,15 +236,14 @@ pub async fn bind_pub(endpoint: &str, session: Session) -> Result<(String, Outbo
     socket.set_sndhwm(0)?;
     let bound = socket::bind(&socket, endpoint)?;
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
-    let driven = Driven::new(socket)?;
-    tokio::spawn(socket::pump(
-        driven,
+    socket::spawn(
+        socket,
         session,
         LinkStats::new("iopub"),
-        (Inbound::Welcome, Replay::Allow),
+        Inbound::Welcome,
         Some(out_rx),
         Packing::Never,
-    ));
+    )?;
     Ok((bound, out_tx))
 }
 
@@ -274,19 +272,17 @@ pub async fn connect_dealer(
         }
         socket.set_identity(&identity)?;
     }
-    socket.set_connect_timeout(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))?;
-    socket::connect(&socket, endpoint)?;
+    socket::connect(&socket, endpoint, timeout)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
-    let driven = Driven::new(socket)?;
-    tokio::spawn(socket::pump(
-        driven,
+    socket::spawn(
+        socket,
         session,
         stats,
-        (Inbound::Decode(in_tx), Replay::Allow),
+        Inbound::Decode(in_tx, Replay::Allow),
         Some(out_rx),
         Packing::Never,
-    ));
+    )?;
     Ok((out_tx, in_rx))
 }
 
@@ -299,19 +295,17 @@ pub async fn connect_sub(
     limits: Limits,
 ) -> Result<Inbox, NetError> {
     let socket = socket::new_socket(zmq::SUB, limits)?;
-    socket.set_connect_timeout(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))?;
     socket.set_subscribe(b"")?;
-    socket::connect(&socket, endpoint)?;
+    socket::connect(&socket, endpoint, timeout)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let driven = Driven::new(socket)?;
-    tokio::spawn(socket::pump(
-        driven,
+    socket::spawn(
+        socket,
         session,
         stats,
-        (Inbound::Decode(in_tx), Replay::Allow),
+        Inbound::Decode(in_tx, Replay::Allow),
         None,
         Packing::Never,
-    ));
+    )?;
     Ok(in_rx)
 }
 
@@ -503,21 +497,23 @@ mod tests {
         assert_eq!(stats.rejected(), 2);
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_packing_router_delivers_a_burst_to_a_dealer_in_order() {
-        let session = Session::new(b"key", "test");
-        let peers = PackPeers::default();
-        let (url, outbox, mut inbox) = bind_router(
+    /// A ROUTER on an OS-chosen port and a DEALER connected to it.
+    async fn router_and_dealer(
+        session: &Session,
+        stats: Arc<LinkStats>,
+        packing: Packing,
+    ) -> (Outbox, Inbox, Outbox, Inbox) {
+        let (url, outbox, inbox) = bind_router(
             "tcp://127.0.0.1:0",
             session.clone(),
-            LinkStats::new("router"),
-            Packing::To(peers.clone()),
+            stats,
+            packing,
             Limits::DATA,
             &Security::Null,
         )
         .await
         .expect("bind");
-        let (dealer_out, mut dealer_in) = connect_dealer(
+        let (dealer_out, dealer_in) = connect_dealer(
             &url,
             session.clone(),
             None,
@@ -528,6 +524,19 @@ mod tests {
         )
         .await
         .expect("connect");
+        (outbox, inbox, dealer_out, dealer_in)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_packing_router_delivers_a_burst_to_a_dealer_in_order() {
+        let session = Session::new(b"key", "test");
+        let peers = PackPeers::default();
+        let (outbox, mut inbox, dealer_out, mut dealer_in) = router_and_dealer(
+            &session,
+            LinkStats::new("router"),
+            Packing::To(peers.clone()),
+        )
+        .await;
         dealer_out
             .send(session.message("hello", &json!({})))
             .await
@@ -551,27 +560,8 @@ mod tests {
     async fn a_router_refuses_a_message_it_accepted_before() {
         let session = Session::new(b"key", "test");
         let stats = LinkStats::new("router");
-        let (url, _outbox, mut inbox) = bind_router(
-            "tcp://127.0.0.1:0",
-            session.clone(),
-            stats.clone(),
-            Packing::Never,
-            Limits::DATA,
-            &Security::Null,
-        )
-        .await
-        .expect("bind");
-        let (dealer_out, _dealer_in) = connect_dealer(
-            &url,
-            session.clone(),
-            None,
-            Duration::from_secs(5),
-            LinkStats::new("dealer"),
-            Limits::DATA,
-            &Security::Null,
-        )
-        .await
-        .expect("connect");
+        let (_outbox, mut inbox, dealer_out, _dealer_in) =
+            router_and_dealer(&session, stats.clone(), Packing::Never).await;
         let captured = session.message("execute_request", &json!({ "i": 1 }));
         let fresh = session.message("execute_request", &json!({ "i": 2 }));
         for message in [captured.clone(), captured, fresh] {

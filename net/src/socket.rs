@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parallax_wire::{Message, Session};
@@ -110,12 +111,18 @@ pub(crate) fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, NetEr
 }
 
 /// Connects `socket` to `endpoint`. libzmq connects (and reconnects) in the background: messages
-/// sent meanwhile wait in the socket.
-pub(crate) fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
+/// sent meanwhile wait in the socket. `timeout` bounds one attempt (TCP and handshake) before
+/// libzmq tries again.
+pub(crate) fn connect(
+    socket: &zmq::Socket,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<(), NetError> {
     let error = |source| NetError::Connect {
         endpoint: endpoint.to_owned(),
         source,
     };
+    socket.set_connect_timeout(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))?;
     let spelled = endpoint_for_libzmq(endpoint).ok_or(error(zmq::Error::EINVAL))?;
     socket.connect(&spelled).map_err(error)
 }
@@ -258,8 +265,8 @@ impl AsRef<[u8]> for Owned {
 
 /// What a link does with what arrives.
 pub(crate) enum Inbound {
-    /// Decodes Jupyter messages (and packs) into the inbox.
-    Decode(mpsc::Sender<Message>),
+    /// Decodes Jupyter messages (and packs) into the inbox, refusing replays or not.
+    Decode(mpsc::Sender<Message>, Replay),
     /// XPUB: answers each new subscription with an `iopub_welcome` message.
     Welcome,
     /// Nothing is expected to arrive (the socket only sends).
@@ -273,17 +280,32 @@ pub(crate) enum Replay {
     Allow,
 }
 
+/// Registers `socket` with the runtime and starts the task that runs its link.
+pub(crate) fn spawn(
+    socket: zmq::Socket,
+    session: Session,
+    stats: Arc<LinkStats>,
+    inbound: Inbound,
+    outbox: Option<mpsc::Receiver<Message>>,
+    packing: Packing,
+) -> Result<(), NetError> {
+    let driven = Driven::new(socket)?;
+    tokio::spawn(pump(driven, session, stats, inbound, outbox, packing));
+    Ok(())
+}
+
 /// Runs a link until the program has dropped both of its channels (and what it queued has been
 /// handed to libzmq).
-pub(crate) async fn pump(
+async fn pump(
     driven: Driven,
     session: Session,
     stats: Arc<LinkStats>,
-    (mut inbound, replay): (Inbound, Replay),
+    mut inbound: Inbound,
     mut outbox: Option<mpsc::Receiver<Message>>,
     packing: Packing,
 ) {
-    let mut replays = (replay == Replay::Refuse).then(Replays::default);
+    let refuse = matches!(inbound, Inbound::Decode(_, Replay::Refuse));
+    let mut replays = refuse.then(Replays::default);
     let mut pending_in: VecDeque<Message> = VecDeque::new();
     let mut pending_out: VecDeque<Vec<Bytes>> = VecDeque::new();
     let mut batch = Vec::new();
@@ -317,7 +339,7 @@ pub(crate) async fn pump(
                     Ok(frames) => {
                         progress = true;
                         match &inbound {
-                            Inbound::Decode(_) => pending_in.extend(decode(
+                            Inbound::Decode(..) => pending_in.extend(decode(
                                 &session,
                                 &stats,
                                 replays.as_mut(),
@@ -335,7 +357,7 @@ pub(crate) async fn pump(
                     Err(error) => tracing::debug!(link = %stats.name(), %error, "receive failed"),
                 }
             }
-            if let Inbound::Decode(inbox) = &inbound {
+            if let Inbound::Decode(inbox, _) = &inbound {
                 while let Some(message) = pending_in.pop_front() {
                     match inbox.try_send(message) {
                         Ok(()) => {}
@@ -355,12 +377,12 @@ pub(crate) async fn pump(
                 break;
             }
         }
-        let receiving = matches!(inbound, Inbound::Decode(_) | Inbound::Welcome);
+        let receiving = matches!(inbound, Inbound::Decode(..) | Inbound::Welcome);
         if !receiving && outbox.is_none() && pending_out.is_empty() {
             return;
         }
         let inbox = match &inbound {
-            Inbound::Decode(inbox) => Some(inbox.clone()),
+            Inbound::Decode(inbox, _) => Some(inbox.clone()),
             _ => None,
         };
         tokio::select! {
