@@ -20,40 +20,20 @@ from typing import Any, Iterator
 import pytest
 import requests
 
+from browser_env import chromium, opened_page
 from kernel_env import REPO
 
 pytestmark = pytest.mark.timeout(240)
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "tests" / "artifacts" / "dashboard"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # Shared memory in /tmp, not /dev/shm: a container's /dev/shm may be small, and parallax's
-    # own tests on the other worker use it.
-    "--disable-dev-shm-usage",
-]
 STEP_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (scripts/setup.sh installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     # A start takes seconds on a loaded machine: every `expect` waits as long as a step may.
-    sync_api.expect.set_options(timeout=STEP_TIMEOUT_MS)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium(expect_timeout_ms=STEP_TIMEOUT_MS) as browser:
+        yield browser
 
 
 def run_work(
@@ -109,13 +89,7 @@ def walk(browser: Any, page_url: str, parallax_dir: Path, label: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     profile = "web"
     (parallax_dir / f"profile_{profile}").mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.set_default_timeout(STEP_TIMEOUT_MS)
-        page.goto(page_url)
+    with opened_page(browser, page_url, STEP_TIMEOUT_MS) as (page, errors):
         expect(page.get_by_role("heading", name="Parallax clusters")).to_be_visible()
         row = page.locator(f'tr[data-profile="{profile}"]')
         expect(row.locator(".status")).to_have_text("stopped")
@@ -169,8 +143,6 @@ def walk(browser: Any, page_url: str, parallax_dir: Path, label: str) -> None:
         expect(page.locator("#message")).to_contain_text("invalid profile name")
         page.screenshot(path=str(ARTIFACTS / f"{label}-6-error.png"), full_page=True)
         assert not errors, errors
-    finally:
-        context.close()
 
 
 def test_the_page_starts_scales_and_stops_a_cluster(browser: Any, dashboard: Any) -> None:
@@ -298,13 +270,7 @@ def test_a_stopped_cluster_never_shows_as_running_again(browser: Any, dashboard:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     profile = "stale"
     (dashboard.parallax_dir / f"profile_{profile}").mkdir(parents=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.set_default_timeout(STEP_TIMEOUT_MS)
-        page.goto(f"{dashboard.url}/?token={dashboard.token}")
+    with opened_page(browser, f"{dashboard.url}/?token={dashboard.token}", STEP_TIMEOUT_MS) as (page, errors):
         row = page.locator(f'tr[data-profile="{profile}"]')
         for trial in range(3):
             page.get_by_label(f"Engines wanted for {profile}").fill("2")
@@ -348,8 +314,6 @@ def test_a_stopped_cluster_never_shows_as_running_again(browser: Any, dashboard:
                 # Once with a freshly loaded page too.
                 page.reload()
         assert not errors, errors
-    finally:
-        context.close()
 
 
 def test_the_page_says_what_it_shows(browser: Any, dashboard: Any) -> None:
@@ -361,13 +325,7 @@ def test_the_page_says_what_it_shows(browser: Any, dashboard: Any) -> None:
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     profile = "default"
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.set_default_timeout(STEP_TIMEOUT_MS)
-        page.goto(f"{dashboard.url}/?token={dashboard.token}")
+    with opened_page(browser, f"{dashboard.url}/?token={dashboard.token}", STEP_TIMEOUT_MS) as (page, errors):
         name = page.get_by_label("Profile name")
         expect(name).to_have_value("default")  # suggested while no profile has that name
         page.get_by_label("Engines", exact=True).fill("1")
@@ -404,5 +362,3 @@ def test_the_page_says_what_it_shows(browser: Any, dashboard: Any) -> None:
         expect(section).to_have_count(0)
         page.screenshot(path=str(ARTIFACTS / "says-2-stopped.png"), full_page=True)
         assert not errors, errors
-    finally:
-        context.close()

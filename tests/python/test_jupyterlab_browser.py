@@ -35,8 +35,8 @@ from typing import Any, Iterator
 import pytest
 import requests
 
+from browser_env import VIEWPORT, chromium
 from kernel_env import REPO, Cluster, IsolatedEnv, describe, process_tree, wait_gone
-from test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.parallax_only, pytest.mark.timeout(900)]
 
@@ -68,15 +68,8 @@ LAB_SETTINGS = {
 @pytest.fixture
 def browser() -> Iterator[Any]:
     """Chromium, launched before the isolated environment is applied (it is not a process of it)."""
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (scripts/setup.sh installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 class JupyterLab:
@@ -305,7 +298,7 @@ def saved_widget_problems(saved: dict[str, Any]) -> list[str]:
 def open_lab(browser: Any, lab: JupyterLab) -> tuple[Any, Any, list[str]]:
     """A new browser context (its own cache: JupyterLab loads the widgets' code anew, as in a
     fresh tab) with JupyterLab open and restored; returns it, its page and the page's errors."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
