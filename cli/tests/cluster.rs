@@ -241,6 +241,61 @@ async fn without_restart_a_dead_engine_is_named_in_errors() {
     );
 }
 
+/// `cluster start --max-message-size`: the controller writes its limit into its connection
+/// files, and a frame over it never reaches the controller's decoder (the sender is
+/// disconnected), while a frame under it does (and, being garbage, is counted as rejected).
+#[tokio::test]
+async fn the_controller_refuses_frames_over_its_max_message_size() {
+    let world = World::new();
+    world.start("m", 1, &["--max-message-size", "1048576"]);
+    let profile = world.profile("m");
+    let client_file: ControllerFile = read_json(&profile.client_file()).expect("client file");
+    let engine_file: ControllerFile = read_json(&profile.engine_file()).expect("engine file");
+    assert_eq!(client_file.max_message_size, Some(1 << 20));
+    assert_eq!(engine_file.max_message_size, Some(1 << 20));
+
+    let client = world.client("m").await;
+    let rejected = |stats: Value| stats["rejected"]["client"].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(rejected(client.stats().await.expect("stats")), 0);
+    // Over the limit: the controller disconnects the sender when the frame's header arrives.
+    let url = client_file.url.clone();
+    let disconnected = tokio::task::spawn_blocking(move || {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::DEALER).expect("socket");
+        let endpoint = "inproc://oversized-sender";
+        socket
+            .monitor(endpoint, zmq::SocketEvent::DISCONNECTED as i32)
+            .expect("monitor");
+        let events = context.socket(zmq::PAIR).expect("monitor socket");
+        events.set_rcvtimeo(10_000).expect("timeout");
+        events.connect(endpoint).expect("monitor connect");
+        socket.connect(&url).expect("connect");
+        socket.send(vec![7u8; 2 << 20], 0).expect("send");
+        let event = events.recv_multipart(0);
+        socket.set_linger(0).expect("linger");
+        event.is_ok()
+    })
+    .await
+    .expect("sender");
+    assert!(disconnected, "a 2 MiB frame gets its sender disconnected");
+    // Under the limit: decoded, and as garbage counted as rejected.
+    let socket = zmq::Context::new().socket(zmq::DEALER).expect("socket");
+    socket.set_linger(1000).expect("linger");
+    socket.connect(&client_file.url).expect("connect");
+    socket.send(vec![7u8; 512 << 10], 0).expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rejected(client.stats().await.expect("stats")) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rejected(client.stats().await.expect("stats")),
+        1,
+        "the frame under the limit reached the decoder; the one over it never did"
+    );
+    let (_, reply) = run(&client, 0, "6 * 7").await;
+    assert_eq!(reply["status"], "ok", "the controller still serves");
+}
+
 #[tokio::test]
 async fn garbage_on_every_controller_socket_is_rejected_and_counted() {
     let world = World::new();
