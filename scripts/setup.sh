@@ -35,6 +35,9 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (Python 3.11 is r
 "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || missing+=("$(basename "$PYTHON")-venv")
 # libzmq (with CURVE, through libsodium) and pkg-config to find it: the transport links to it.
 pkg-config --exists libzmq 2>/dev/null || missing+=(libzmq3-dev pkg-config)
+# Test hosts: network namespaces (iproute2) and a packet capture (tcpdump) for the cross-host tests.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 # Headless browser for the Clusters page tests (Playwright drives Debian's chromium; never
 # `playwright install`).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)

@@ -57,6 +57,10 @@ pub struct StartArgs {
     /// (default: 2 GiB).
     #[arg(long, value_name = "BYTES")]
     max_message_size: Option<u64>,
+    /// Encrypt the cluster's links (CurveZMQ) even on loopback; they always are when --ip is
+    /// not a loopback address.
+    #[arg(long)]
+    curve: bool,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +77,10 @@ pub struct ControllerArgs {
     /// larger one is disconnected.
     #[arg(long, default_value_t = parallax_controller::DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES")]
     max_message_size: u64,
+    /// Encrypt the links (CurveZMQ) even on loopback; they always are when --ip is not a
+    /// loopback address.
+    #[arg(long)]
+    curve: bool,
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +105,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         ip: args.ip,
         result_limit: args.result_limit,
         max_message_size: args.max_message_size,
+        curve: args.curve,
     };
     runtime()?.block_on(parallax_controller::run(options, stop_signal()))?;
     Ok(())
@@ -139,6 +148,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         exe: std::env::current_exe().context("cannot find the parallax binary")?,
         timeout: Duration::from_secs_f64(args.timeout),
         max_message_size: args.max_message_size,
+        curve: args.curve,
     };
     let runtime = runtime()?;
     if args.daemonize {

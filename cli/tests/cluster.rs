@@ -296,6 +296,72 @@ async fn the_controller_refuses_frames_over_its_max_message_size() {
     assert_eq!(reply["status"], "ok", "the controller still serves");
 }
 
+/// `cluster start --curve`: the controller's links are encrypted on loopback too. Each side's
+/// file has the server's key and a key pair of its own; the Rust client (the kernel's, the
+/// Clusters page's) and the engines use them, and a client holding the engine side's keys is
+/// refused, with the reason in its error.
+#[tokio::test]
+async fn a_curve_cluster_admits_each_side_only_with_its_own_keys() {
+    let world = World::new();
+    world.start("c", 1, &["--curve"]);
+    let profile = world.profile("c");
+    let client_file: ControllerFile = read_json(&profile.client_file()).expect("client file");
+    let engine_file: ControllerFile = read_json(&profile.engine_file()).expect("engine file");
+    for file in [&client_file, &engine_file] {
+        assert_eq!(
+            file.curve_serverkey.as_deref().map(str::len),
+            Some(40),
+            "{file:?}"
+        );
+    }
+    assert_eq!(client_file.curve_serverkey, engine_file.curve_serverkey);
+    assert_ne!(client_file.curve_publickey, engine_file.curve_publickey);
+
+    let client = world.client("c").await;
+    let (_, reply) = run(&client, 0, "6 * 7").await;
+    assert_eq!(
+        reply["status"], "ok",
+        "an encrypted engine runs code: {reply}"
+    );
+
+    let wrong = ControllerFile {
+        curve_publickey: engine_file.curve_publickey.clone(),
+        curve_secretkey: engine_file.curve_secretkey.clone(),
+        ..client_file.clone()
+    };
+    let refused = parallax_client::ControllerClient::connect_to(&wrong, Duration::from_secs(3))
+        .await
+        .expect_err("the engine side's keys must not open the client side");
+    assert!(
+        refused
+            .to_string()
+            .contains("refused this link's CURVE key"),
+        "{refused}"
+    );
+    let log = std::fs::read_to_string(profile.log_dir().join("controller.log")).expect("log");
+    assert!(
+        log.contains("refused a peer at 127.0.0.1: its CURVE key is not one this link admits"),
+        "{log}"
+    );
+    let rejected = |stats: Value| stats["rejected"]["client"].as_u64().unwrap_or(0);
+    let before = rejected(client.stats().await.expect("stats"));
+    let plain = ControllerFile {
+        curve_serverkey: None,
+        curve_publickey: None,
+        curve_secretkey: None,
+        ..client_file.clone()
+    };
+    parallax_client::ControllerClient::connect_to(&plain, Duration::from_secs(2))
+        .await
+        .expect_err("a client without keys must not connect");
+    assert!(
+        rejected(client.stats().await.expect("stats")) > before,
+        "the plain client's handshakes are counted as refused"
+    );
+    let (_, reply) = run(&client, 0, "6 * 7").await;
+    assert_eq!(reply["status"], "ok", "the controller still serves");
+}
+
 #[tokio::test]
 async fn garbage_on_every_controller_socket_is_rejected_and_counted() {
     let world = World::new();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parallax_net::{connect_dealer, Limits, LinkStats, NetError, Outbox};
+use parallax_net::{connect_dealer, Limits, LinkStats, NetError, Outbox, Security};
 use parallax_wire::cluster::{
     ConnectReply, EngineDied, EngineId, EngineInfo, EnginesReply, QueueReply, Routing, Targets,
     TaskRecord, TaskReply, TaskRequest,
@@ -35,12 +35,15 @@ pub enum ClientError {
     Profile(#[from] ProfileError),
     #[error(transparent)]
     Net(#[from] NetError),
-    #[error("the controller of profile {profile:?} (pid {pid}) did not answer {request} within {timeout:?}")]
+    #[error("the controller of profile {profile:?} (pid {pid}) did not answer {request} within {timeout:?}{}", refused.as_deref().map(|why| format!(": {why}")).unwrap_or_default())]
     Timeout {
         profile: String,
         pid: u32,
         request: String,
         timeout: Duration,
+        /// Why the controller refused the link's handshake, if it did (a CURVE key it does
+        /// not admit).
+        refused: Option<String>,
     },
     #[error("the connection to the controller is closed")]
     Closed,
@@ -73,6 +76,7 @@ pub struct ControllerClient {
     notifications: broadcast::Sender<Notification>,
     timeout: Duration,
     engines_at_connect: Vec<EngineInfo>,
+    stats: Arc<LinkStats>,
 }
 
 impl std::fmt::Debug for ControllerClient {
@@ -128,14 +132,15 @@ impl ControllerClient {
     pub async fn connect_to(file: &ControllerFile, timeout: Duration) -> Result<Self, ClientError> {
         let session = Session::new(file.key.as_bytes(), "parallax");
         let identity = Bytes::from(session.id().as_bytes().to_vec());
+        let stats = LinkStats::new("controller");
         let (outbox, mut inbox) = connect_dealer(
             &file.url,
             session.clone(),
             Some(identity),
             timeout,
-            LinkStats::new("controller"),
+            stats.clone(),
             file.max_message_size.map_or(Limits::DATA, Limits::data),
-            &parallax_net::Security::Null,
+            &Security::for_file(file)?,
         )
         .await?;
         let pending: Pending = Arc::default();
@@ -160,6 +165,7 @@ impl ControllerClient {
             notifications,
             timeout,
             engines_at_connect: Vec::new(),
+            stats,
         };
         let reply: ConnectReply = client
             .request("connect_request", &serde_json::json!({}))
@@ -226,6 +232,7 @@ impl ControllerClient {
                     pid: self.controller_pid,
                     request: msg_type.to_owned(),
                     timeout: self.timeout,
+                    refused: self.stats.refused(),
                 })
             }
         };

@@ -23,7 +23,9 @@
 
 use std::future::Future;
 
-use parallax_net::{bind_router, Limits, LinkStats, NetError, PackPeers, Packing};
+use parallax_net::{
+    bind_router, z85, CurveKeys, Limits, LinkStats, NetError, PackPeers, Packing, Security,
+};
 use parallax_wire::profile::{ControllerFile, Profile, ProfileError};
 use parallax_wire::Session;
 
@@ -51,6 +53,9 @@ pub struct ControllerOptions {
     /// The largest frame a peer may send, in bytes. A peer announcing a larger one is
     /// disconnected before memory is reserved for it.
     pub max_message_size: u64,
+    /// Encrypt the links (CurveZMQ) even on loopback. Links are always encrypted when `ip` is
+    /// not a loopback address ([`ControllerOptions::encrypted`]).
+    pub curve: bool,
 }
 
 /// The default [`ControllerOptions::max_message_size`]: 2 GiB, room for real arrays.
@@ -67,7 +72,14 @@ impl ControllerOptions {
             ip: "127.0.0.1".into(),
             result_limit: DEFAULT_RESULT_LIMIT,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            curve: false,
         }
+    }
+
+    /// Whether the links are encrypted: asked for, or reachable from other hosts (`ip` is not a
+    /// loopback address).
+    pub fn encrypted(&self) -> bool {
+        self.curve || !files::is_loopback(&self.ip)
     }
 }
 
@@ -95,6 +107,32 @@ pub enum ControllerError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// The CurveZMQ keys of an encrypted controller: its own, and one pair for each side, so that a
+/// holder of the engine file cannot connect as a client, nor the reverse.
+struct Keys {
+    server: CurveKeys,
+    client: CurveKeys,
+    engine: CurveKeys,
+}
+
+impl Keys {
+    fn generate() -> Result<Self, NetError> {
+        Ok(Keys {
+            server: CurveKeys::generate()?,
+            client: CurveKeys::generate()?,
+            engine: CurveKeys::generate()?,
+        })
+    }
+
+    /// The server side of the link that admits `side`'s key only.
+    fn server_for(&self, side: &CurveKeys) -> Security {
+        Security::Server {
+            keys: self.server.clone(),
+            clients: vec![side.public],
+        }
+    }
+}
+
 /// The signature scheme written in the security files.
 const SIGNATURE_SCHEME: &str = "hmac-sha256";
 
@@ -109,6 +147,7 @@ pub async fn run(
     options: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ControllerError> {
+    let encrypted = options.encrypted();
     let profile = options.profile;
     let result_limit = options.result_limit;
     profile.create()?;
@@ -126,13 +165,18 @@ pub async fn run(
     let client_packs = PackPeers::default();
     let engine_packs = PackPeers::default();
     let limits = Limits::data(options.max_message_size);
+    let keys = encrypted.then(Keys::generate).transpose()?;
+    let (client_security, engine_security) = match &keys {
+        Some(keys) => (keys.server_for(&keys.client), keys.server_for(&keys.engine)),
+        None => (Security::Null, Security::Null),
+    };
     let (client_bound, clients_out, clients_in) = bind_router(
         &endpoint,
         session.clone(),
         client_stats.clone(),
         Packing::To(client_packs.clone()),
         limits,
-        &parallax_net::Security::Null,
+        &client_security,
     )
     .await?;
     let (engine_bound, engines_out, engines_in) = bind_router(
@@ -141,17 +185,21 @@ pub async fn run(
         engine_stats.clone(),
         Packing::To(engine_packs.clone()),
         limits,
-        &parallax_net::Security::Null,
+        &engine_security,
     )
     .await?;
 
     let ip = options.ip.clone();
     let (client_host, engine_host) =
         tokio::task::spawn_blocking(move || files::advertised_hosts(&ip)).await?;
-    let file = |bound: &str, host: &str| -> Result<ControllerFile, ControllerError> {
+    let file = |bound: &str,
+                host: &str,
+                side: Option<&CurveKeys>|
+     -> Result<ControllerFile, ControllerError> {
         let port = files::port_of(bound).ok_or_else(|| ControllerError::NoPort {
             endpoint: bound.to_owned(),
         })?;
+        let server = keys.as_ref().map(|keys| z85(&keys.server.public));
         Ok(ControllerFile {
             url: format!("tcp://{host}:{port}"),
             key: key.clone(),
@@ -159,14 +207,26 @@ pub async fn run(
             profile: profile.name().to_owned(),
             controller_pid: std::process::id(),
             max_message_size: Some(options.max_message_size),
+            curve_serverkey: server,
+            curve_publickey: side.map(|pair| z85(&pair.public)),
+            curve_secretkey: side.map(|pair| z85(&pair.secret)),
         })
     };
-    let client_file = file(&client_bound, &client_host)?;
-    let engine_file = file(&engine_bound, &engine_host)?;
+    let client_file = file(
+        &client_bound,
+        &client_host,
+        keys.as_ref().map(|k| &k.client),
+    )?;
+    let engine_file = file(
+        &engine_bound,
+        &engine_host,
+        keys.as_ref().map(|k| &k.engine),
+    )?;
     tracing::info!(
         profile = profile.name(),
         client = %client_file.url,
         engine = %engine_file.url,
+        encrypted = keys.is_some(),
         "controller listening"
     );
     let security = files::SecurityFiles::write(&profile, client_file, engine_file)?;

@@ -219,6 +219,7 @@ async fn start_profile(
         exe: app.exe.clone(),
         timeout: START_TIMEOUT,
         max_message_size: None,
+        curve: false,
     };
     let started = parallax_launcher::start_daemon(&options).await;
     // Published whether or not it came up: a failed start has stopped what it began.

@@ -134,7 +134,7 @@ impl Controller {
             signature_scheme: "hmac-sha256".into(),
             profile: "test".into(),
             controller_pid: std::process::id(),
-            max_message_size: None,
+            ..ControllerFile::default()
         };
         write_json(&file, &contents, true).expect("write controller file");
         Controller {

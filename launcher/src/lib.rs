@@ -79,6 +79,8 @@ pub struct StartOptions {
     /// The largest message frame the controller accepts (`controller --max-message-size`);
     /// `None`: the controller's default.
     pub max_message_size: Option<u64>,
+    /// Encrypt the links even on loopback (`controller --curve`).
+    pub curve: bool,
 }
 
 impl StartOptions {
@@ -103,6 +105,9 @@ impl StartOptions {
         }
         if self.restart_engines {
             args.push("--restart-engines".into());
+        }
+        if self.curve {
+            args.push("--curve".into());
         }
         args
     }

@@ -129,6 +129,9 @@ impl Supervisor<'_> {
         if let Some(size) = self.options.max_message_size {
             args.extend(["--max-message-size".into(), size.to_string()]);
         }
+        if self.options.curve {
+            args.push("--curve".into());
+        }
         let pid = self.spawn(
             Role::Controller,
             &args,

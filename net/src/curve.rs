@@ -14,6 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use parallax_wire::profile::ControllerFile;
+
+use crate::handshake::{self, Side};
 use crate::{LinkStats, NetError};
 
 /// A CurveZMQ key pair (raw 32-byte keys).
@@ -76,6 +79,46 @@ pub enum Security {
     Client { server: [u8; 32], keys: CurveKeys },
 }
 
+impl Security {
+    /// The client side of a link to the controller a connection file describes: CURVE when the
+    /// file holds keys, plain otherwise. Keys that are present but incomplete or not Z85 are an
+    /// error, never a silent fallback to an unencrypted link.
+    pub fn for_file(file: &ControllerFile) -> Result<Security, NetError> {
+        let fields = [
+            ("curve_serverkey", &file.curve_serverkey),
+            ("curve_publickey", &file.curve_publickey),
+            ("curve_secretkey", &file.curve_secretkey),
+        ];
+        if fields.iter().all(|(_, value)| value.is_none()) {
+            return Ok(Security::Null);
+        }
+        let key = |(name, value): (&str, &Option<String>)| {
+            value
+                .as_deref()
+                .and_then(key_from_z85)
+                .ok_or_else(|| NetError::CurveKeys {
+                    reason: match value {
+                        None => format!("{name} is missing"),
+                        Some(_) => format!("{name} is not a 40-character Z85 key"),
+                    },
+                })
+        };
+        let [server, public, secret] = fields;
+        Ok(Security::Client {
+            server: key(server)?,
+            keys: CurveKeys {
+                public: key(public)?,
+                secret: key(secret)?,
+            },
+        })
+    }
+
+    /// Whether the link is encrypted.
+    pub fn is_curve(&self) -> bool {
+        !matches!(self, Security::Null)
+    }
+}
+
 /// The ZAP endpoint libzmq asks (fixed by the ZAP specification).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 
@@ -108,13 +151,13 @@ pub(crate) fn apply(
             socket.set_zap_domain(&domain)?;
             socket.set_curve_server(true)?;
             socket.set_curve_secretkey(&keys.secret)?;
-            Ok(())
+            handshake::watch(socket, Side::Bound, stats.clone())
         }
         Security::Client { server, keys } => {
             socket.set_curve_serverkey(server)?;
             socket.set_curve_publickey(&keys.public)?;
             socket.set_curve_secretkey(&keys.secret)?;
-            Ok(())
+            handshake::watch(socket, Side::Connecting { curve: true }, stats.clone())
         }
     }
 }
@@ -169,7 +212,7 @@ fn answer(request: &[Vec<u8>]) -> Vec<Vec<u8>> {
             Ok(domains) => match (domains.get(&domain), client_key) {
                 (Some((admitted, _)), Some(key)) if admitted.contains(&key) => Ok(()),
                 (Some((_, stats)), _) => {
-                    stats.reject(&format!(
+                    stats.refuse_peer(format!(
                         "refused a peer at {address}: its CURVE key is not one this link admits"
                     ));
                     Err("unknown client key")
@@ -233,5 +276,33 @@ mod tests {
         assert_eq!(ask("other", &admitted), b"400");
         assert_eq!(ask("t", b"short"), b"400");
         assert_eq!(stats.rejected(), 2);
+    }
+
+    #[test]
+    fn a_connection_file_gives_curve_only_with_all_three_keys() {
+        let server = CurveKeys::generate().expect("libzmq with CURVE");
+        let client = CurveKeys::generate().expect("libzmq with CURVE");
+        let mut file = ControllerFile::default();
+        assert!(!Security::for_file(&file).expect("plain").is_curve());
+        file.curve_serverkey = Some(z85(&server.public));
+        file.curve_publickey = Some(z85(&client.public));
+        let missing = Security::for_file(&file).expect_err("no secret key");
+        assert!(
+            missing.to_string().contains("curve_secretkey is missing"),
+            "{missing}"
+        );
+        file.curve_secretkey = Some("not z85".into());
+        let bad = Security::for_file(&file).expect_err("bad secret key");
+        assert!(
+            bad.to_string().contains("not a 40-character Z85 key"),
+            "{bad}"
+        );
+        file.curve_secretkey = Some(z85(&client.secret));
+        match Security::for_file(&file).expect("curve") {
+            Security::Client { server: key, keys } => {
+                assert_eq!((key, keys), (server.public, client));
+            }
+            other => panic!("expected a CURVE client, got {other:?}"),
+        }
     }
 }

@@ -34,7 +34,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parallax_wire::pack::{self, PACK_BYTES_LIMIT, PACK_COUNT_LIMIT, PACK_MESSAGE_LIMIT};
@@ -42,6 +42,7 @@ use parallax_wire::{Message, Session};
 use tokio::sync::mpsc;
 
 mod curve;
+mod handshake;
 mod heartbeat;
 mod replay;
 mod socket;
@@ -57,6 +58,9 @@ use socket::{Inbound, Replay};
 pub type Outbox = mpsc::Sender<Message>;
 /// Messages received on a link, decoded and verified.
 pub type Inbox = mpsc::Receiver<Message>;
+
+/// How often at most the same handshake refusal is logged for one link.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How many messages may wait in a link's channel before the sender waits.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -82,6 +86,8 @@ pub enum NetError {
     Identity { len: usize },
     #[error("cannot start the CURVE key check: {reason}")]
     Zap { reason: String },
+    #[error("the connection file's CURVE keys are not usable: {reason}")]
+    CurveKeys { reason: String },
 }
 
 /// Counters of one link, shared between its socket task and whoever reports on it.
@@ -89,6 +95,11 @@ pub enum NetError {
 pub struct LinkStats {
     name: String,
     rejected: AtomicU64,
+    /// Why the peer last refused this link's handshake (a CURVE key it does not admit, say),
+    /// until a handshake succeeds.
+    refused: Mutex<Option<String>>,
+    /// The last peer refusal logged, when, and how many like it went unlogged since.
+    refusals_logged: Mutex<Option<(String, Instant, u64)>>,
 }
 
 impl LinkStats {
@@ -97,7 +108,27 @@ impl LinkStats {
         Arc::new(LinkStats {
             name: name.into(),
             rejected: AtomicU64::new(0),
+            refused: Mutex::new(None),
+            refusals_logged: Mutex::new(None),
         })
+    }
+
+    /// Why the peer refused this link's last handshake, if it did and none has succeeded since:
+    /// what to tell the user when the link stays silent.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|refused| refused.clone())
+    }
+
+    /// Records the outcome of a handshake (`None`: it succeeded); returns whether that changed
+    /// what [`LinkStats::refused`] says.
+    fn set_refused(&self, why: Option<String>) -> bool {
+        match self.refused.lock() {
+            Ok(mut refused) if *refused != why => {
+                *refused = why;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// How many received messages were dropped because they did not decode.
@@ -111,8 +142,36 @@ impl LinkStats {
     }
 
     fn reject(&self, error: &dyn std::fmt::Display) {
-        let count = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let count = self.count_rejection();
         tracing::warn!(link = %self.name, rejected = count, %error, "dropped a message");
+    }
+
+    /// Counts one refused message or peer; returns the new count.
+    fn count_rejection(&self) -> u64 {
+        self.rejected.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a peer refused during its handshake, and logs why, at most once per 10 s for the
+    /// same reason: a peer that keeps retrying with a wrong key must not flood the log.
+    fn refuse_peer(&self, why: String) {
+        let count = self.count_rejection();
+        let Ok(mut logged) = self.refusals_logged.lock() else {
+            return;
+        };
+        if let Some((last, at, unlogged)) = logged.as_mut() {
+            if *last == why && at.elapsed() < REFUSAL_LOG_INTERVAL {
+                *unlogged += 1;
+                return;
+            }
+        }
+        let similar = logged.as_ref().map_or(0, |(_, _, unlogged)| *unlogged);
+        tracing::warn!(
+            link = %self.name,
+            rejected = count,
+            unlogged_since_last_report = similar,
+            "{why}"
+        );
+        *logged = Some((why, Instant::now(), 0));
     }
 }
 
@@ -272,6 +331,14 @@ pub async fn connect_dealer(
         }
         socket.set_identity(&identity)?;
     }
+    if !security.is_curve() && !is_loopback_endpoint(endpoint) {
+        // A plain link off this host: say so if the peer turns out to want encryption.
+        handshake::watch(
+            &socket,
+            handshake::Side::Connecting { curve: false },
+            stats.clone(),
+        )?;
+    }
     socket::connect(&socket, endpoint, timeout)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
@@ -284,6 +351,20 @@ pub async fn connect_dealer(
         Packing::Never,
     )?;
     Ok((out_tx, in_rx))
+}
+
+/// Whether a `tcp://host:port` endpoint names a loopback address (`127.0.0.0/8`, `::1`,
+/// `localhost`), where nothing crosses a network; `ipc://` and `inproc://` count as local too.
+pub fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return endpoint.starts_with("ipc://") || endpoint.starts_with("inproc://");
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// Connects a SUB to a publisher and subscribes to every topic.
@@ -384,6 +465,27 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::HashMap;
+
+    #[test]
+    fn loopback_endpoints_are_told_apart_from_network_ones() {
+        for local in [
+            "tcp://127.0.0.1:5",
+            "tcp://127.1.2.3:5",
+            "tcp://[::1]:5",
+            "tcp://localhost:5",
+            "ipc:///tmp/k-1",
+        ] {
+            assert!(is_loopback_endpoint(local), "{local}");
+        }
+        for remote in [
+            "tcp://10.0.0.1:5",
+            "tcp://node1:5",
+            "tcp://[::]:5",
+            "garbage",
+        ] {
+            assert!(!is_loopback_endpoint(remote), "{remote}");
+        }
+    }
 
     fn numbered(session: &Session, i: usize, size: usize) -> Message {
         session

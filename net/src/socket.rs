@@ -123,6 +123,9 @@ pub(crate) fn connect(
         source,
     };
     socket.set_connect_timeout(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))?;
+    // Retries after a refused or failed attempt back off from 0.1 s to 2 s, so a peer that keeps
+    // refusing us (a key it does not admit) is not knocked on ten times a second.
+    socket.set_reconnect_ivl_max(2_000)?;
     let spelled = endpoint_for_libzmq(endpoint).ok_or(error(zmq::Error::EINVAL))?;
     socket.connect(&spelled).map_err(error)
 }

@@ -16,6 +16,8 @@ Each of them has one IO thread that owns its DEALER; other threads never touch t
   outbox or the DEALER is readable. What waits in the outbox leaves packed (`Session.to_send`),
   so a burst costs one send and one signature while a lone message goes as it is; whatever
   arrives is unpacked (`Session.receive`).
+- `curve_keys` / `use_curve`: the CurveZMQ keys of a connection file (the controller encrypts its
+  links when it listens beyond loopback) and setting them on a DEALER before it connects.
 - Sent or not: `put` numbers what it queues, and the outbox counts how far the IO thread has
   sent (`wait_sent`). A message in a pack no longer refers to its buffers once it is sent (the
   pack copied them); one sent alone may, until libzmq has written them: `Tracked` sends it
@@ -32,6 +34,35 @@ from typing import Any, Callable
 import zmq
 
 from ._wire import Draft, Message, Session
+
+_CURVE_FIELDS = ("curve_serverkey", "curve_publickey", "curve_secretkey")
+
+
+def curve_keys(info: dict[str, Any], source: str) -> dict[str, str] | None:
+    """The CurveZMQ keys of connection info `info` as `{serverkey, publickey, secretkey}` (Z85),
+    or None when it has none. Keys that are incomplete or malformed raise ValueError naming
+    `source`: never a silent fallback to an unencrypted link."""
+    present = [name for name in _CURVE_FIELDS if info.get(name)]
+    if not present:
+        return None
+    keys: dict[str, str] = {}
+    for name in _CURVE_FIELDS:
+        value = info.get(name)
+        if not isinstance(value, str) or len(value) != 40:
+            what = "is missing" if not value else "is not a 40-character Z85 key"
+            raise ValueError(f"{source}: {name} {what}")
+        keys[name.removeprefix("curve_")] = value
+    return keys
+
+
+def use_curve(socket: zmq.Socket, keys: dict[str, str] | None) -> None:
+    """Make `socket` (not yet connected) a CURVE client with `keys` (from `curve_keys`)."""
+    if keys is None:
+        return
+    socket.curve_serverkey = keys["serverkey"].encode("ascii")
+    socket.curve_publickey = keys["publickey"].encode("ascii")
+    socket.curve_secretkey = keys["secretkey"].encode("ascii")
+
 
 _MORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)

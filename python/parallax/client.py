@@ -46,7 +46,7 @@ from . import _shm, error
 from ._shm import pid_alive
 from ._database import TaskDatabase
 from ._wire import PACK_VERSION, Draft, Message, Session
-from ._zmqio import Outbox, Tracked, receive_waiting
+from ._zmqio import Outbox, Tracked, curve_keys, receive_waiting, use_curve
 from .asyncresult import AsyncResult, Task
 from .view import DirectView, LoadBalancedView
 
@@ -80,6 +80,18 @@ def _start_hint(profile: str) -> str:
     return f"Start one with `parallax cluster start -n 4 --profile {profile}` (or parallax.Cluster(n=4, profile={profile!r}).start_and_connect_sync())."
 
 
+
+
+def _bytes(n: int) -> str:
+    """A byte count for people: `512 B`, `3.0 GiB`."""
+    if n < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _is_local(url: str) -> bool:
@@ -158,6 +170,10 @@ class Client(TaskDatabase):
         self.profile = str(info.get("profile") or profile or default_profile())
         self.url = str(info["url"])
         self.timeout = timeout
+        # The controller disconnects a peer that sends a larger frame (its --max-message-size).
+        self.max_message_size: int | None = (
+            int(info["max_message_size"]) if isinstance(info.get("max_message_size"), int) else None
+        )
         self._controller_pid = int(info["controller_pid"]) if info.get("controller_pid") else None
         self._watch_controller = self._controller_pid is not None and _is_local(self.url)
         if self._watch_controller and not pid_alive(self._controller_pid):  # type: ignore[arg-type]
@@ -166,6 +182,11 @@ class Client(TaskDatabase):
                 f"{self._controller_pid}, which has exited. {_start_hint(self.profile)}"
             )
         self.session = Session(str(info.get("key", "")))
+        try:
+            curve = curve_keys(info, source)
+        except ValueError as exc:
+            raise error.NoClusterError(f"Cannot use the connection file's encryption keys: {exc}") from None
+        self.encrypted = curve is not None
 
         self.history: list[str] = []
         self.outstanding: set[str] = set()
@@ -187,6 +208,7 @@ class Client(TaskDatabase):
         self._dealer.setsockopt(zmq.RCVHWM, 0)
         self._dealer.setsockopt(zmq.SNDHWM, 0)
         self._dealer.setsockopt(zmq.LINGER, 1000)
+        use_curve(self._dealer, curve)
         self._dealer.connect(self.url)
         self._outbox = Outbox(self._context, "client")
         self._closed = False
@@ -198,9 +220,14 @@ class Client(TaskDatabase):
             reply = self._request("connect_request", {"packs": PACK_VERSION}, timeout=timeout, what="connect")
         except TimeoutError:
             self.close()
+            keys = (
+                " The link is encrypted: if the controller was restarted, its new keys are in a new connection file."
+                if curve
+                else ""
+            )
             raise error.NoClusterError(
                 f"The controller at {self.url} (profile {self.profile!r}) did not answer within {timeout} s. "
-                f"Is the cluster running? `parallax cluster list` shows what runs. {_start_hint(self.profile)}"
+                f"Is the cluster running? `parallax cluster list` shows what runs.{keys} {_start_hint(self.profile)}"
             ) from None
         except BaseException:
             self.close()
@@ -566,6 +593,13 @@ class Client(TaskDatabase):
                     messages[i] = buffers
                     if segments:
                         self._segments[headers[i]["msg_id"]] = segments
+        try:
+            for buffers in messages:
+                self._check_frame_sizes(buffers)
+        except BaseException:
+            for header in headers:
+                self._forget_segments(header["msg_id"])
+            raise
         tasks: list[Task] = []
         try:
             for header, buffers, (metadata, engine_id) in zip(headers, messages, routes):
@@ -577,6 +611,24 @@ class Client(TaskDatabase):
                 self._forget_segments(header["msg_id"])
             raise
         return tasks
+
+    def _check_frame_sizes(self, buffers: list[Any]) -> None:
+        """Raise MessageTooLargeError if a frame is larger than the controller accepts: it would
+        disconnect this client instead, and the request would wait for ever."""
+        limit = self.max_message_size
+        if limit is None:
+            return
+        for buffer in buffers:
+            try:
+                size = memoryview(buffer).nbytes
+            except TypeError:
+                size = len(buffer)
+            if size > limit:
+                raise error.MessageTooLargeError(
+                    f"a buffer of {_bytes(size)} is larger than the controller of profile {self.profile!r} "
+                    f"accepts ({_bytes(limit)}, its --max-message-size); nothing was sent. Send the data in "
+                    f"parts (view.scatter), or start the cluster with a larger --max-message-size."
+                )
 
     def _submit_execute(self, code: str, engine_id: int, silent: bool = False, label: Any = None) -> Task:
         content = {

@@ -55,7 +55,7 @@ from ._cell import display_message, override, run_cell
 from . import _shm
 from ._remote import _shell
 from ._wire import PACK_VERSION, Message, Session, iso_now
-from ._zmqio import Outbox, receive_waiting, send_frames
+from ._zmqio import Outbox, receive_waiting, send_frames, use_curve
 from .serialize import deserialize_call, serialize_result
 
 log = logging.getLogger("parallax.engine")
@@ -73,15 +73,18 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _support: EngineSupport | None = None
 
 
-def start(url: str, key: str, uuid: str, timeout: float = ATTACH_TIMEOUT) -> None:
+def start(
+    url: str, key: str, uuid: str, timeout: float = ATTACH_TIMEOUT, curve: dict[str, str] | None = None
+) -> None:
     """Connect to the controller at `url`, attach as engine `uuid` and serve apply requests.
-    Call on the kernel's main thread (as a cell). Raises if the controller does not accept the
-    attachment within `timeout` seconds."""
+    Call on the kernel's main thread (as a cell). `curve`: the engine's CurveZMQ keys
+    (`serverkey`, `publickey`, `secretkey`, Z85) when the controller's links are encrypted.
+    Raises if the controller does not accept the attachment within `timeout` seconds."""
     global _support
     if _support is not None:
         _support.stop()
         _support = None
-    support = EngineSupport(url, key, uuid)
+    support = EngineSupport(url, key, uuid, curve)
     _batch_history(support.shell)
     try:
         support.attach(timeout)
@@ -236,7 +239,7 @@ class _TaskStream(io.TextIOBase):
 class EngineSupport:
     """The link of one kernel to its controller, and the queue of its apply requests."""
 
-    def __init__(self, url: str, key: str, uuid: str) -> None:
+    def __init__(self, url: str, key: str, uuid: str, curve: dict[str, str] | None = None) -> None:
         self.url = url
         self.uuid = uuid
         self.session = Session(key)
@@ -246,6 +249,7 @@ class EngineSupport:
         self.dealer.setsockopt(zmq.RCVHWM, 0)
         self.dealer.setsockopt(zmq.SNDHWM, 0)
         self.dealer.setsockopt(zmq.LINGER, 1000)
+        use_curve(self.dealer, curve)
         self.dealer.connect(url)
         self.outbox = Outbox(self.context, "engine")
         self.shell = _shell()

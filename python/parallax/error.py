@@ -12,6 +12,8 @@
   class here, so both `except RemoteError` and `except EngineError` catch them, and several of
   them are collected into a CompositeError like any other remote failure.
 - `NoClusterError`: no controller to connect to; it says how to start one.
+- `MessageTooLargeError`: a request would carry a frame larger than the controller accepts (its
+  `--max-message-size`); raised before anything is sent.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class InvalidDependency(ImpossibleDependency):
 
 class NoClusterError(OSError):
     """There is no running cluster to connect to."""
+
+
+class MessageTooLargeError(ValueError):
+    """A request would carry a frame larger than the controller accepts; nothing was sent."""
 
 
 class RemoteError(KernelError):

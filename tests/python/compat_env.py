@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +133,10 @@ def ipyparallel_cluster() -> Iterator[Compat]:
 
 
 @contextmanager
-def parallax_cluster() -> Iterator[Compat]:
-    """`parallax cluster start -n 2` in an isolated environment (put into os.environ, so that
-    `parallax.Client(profile=...)` finds the cluster's connection file), and a client of it."""
+def parallax_cluster(extra: Iterable[str] = ()) -> Iterator[Compat]:
+    """`parallax cluster start -n 2` (plus `extra` arguments) in an isolated environment (put into
+    os.environ, so that `parallax.Client(profile=...)` finds the cluster's connection file), and a
+    client of it."""
     import parallax
 
     if not hasattr(parallax, "Client"):
@@ -143,7 +144,7 @@ def parallax_cluster() -> Iterator[Compat]:
     env = IsolatedEnv()
     env.apply()
     try:
-        cluster = start_cluster(env, PARALLAX_PROFILE, n=2)
+        cluster = start_cluster(env, PARALLAX_PROFILE, n=2, extra=extra)
         compat = None
         try:
             rc = parallax.Client(profile=PARALLAX_PROFILE)

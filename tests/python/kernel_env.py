@@ -393,15 +393,16 @@ def parallax_cli(args: list[str], env: dict[str, str], timeout: float = CLUSTER_
     return proc.stdout
 
 
-def start_cluster(env: IsolatedEnv, profile: str = "default", n: int = 2) -> Cluster:
+def start_cluster(env: IsolatedEnv, profile: str = "default", n: int = 2, extra: Iterable[str] = ()) -> Cluster:
     """Start a cluster of `n` engines for `profile` in `env`; returns once every engine is ready.
-    Engines run ipykernel from this Python (`PARALLAX_PYTHON`)."""
+    Engines run ipykernel from this Python (`PARALLAX_PYTHON`). `extra`: more `cluster start`
+    arguments."""
     # Lifecycle events (engines, interrupts) in the profile's logs, for `cluster_diagnostics`.
     cluster_env = {"RUST_LOG": "info", **env.environ(), "PARALLAX_PYTHON": sys.executable}
     # ipykernel stops forwarding output written to file descriptors when it sees this variable;
     # the engines' kernels must behave as they do outside the tests.
     cluster_env.pop("PYTEST_CURRENT_TEST", None)
-    out = parallax_cli(["cluster", "start", "-n", str(n), "--daemonize", "--profile", profile], cluster_env)
+    out = parallax_cli(["cluster", "start", "-n", str(n), "--daemonize", "--profile", profile, *extra], cluster_env)
     cluster = Cluster(profile, n, cluster_env, set())
     try:
         record = json.loads((cluster.profile_dir / "cluster.json").read_text())

@@ -137,3 +137,25 @@ def test_tasks_that_depend_on_a_dead_engine_fail_and_the_others_run(rc: Any) -> 
     with pytest.raises(parallax.ImpossibleDependency):
         waiting_too.get(timeout=DEADLINE)
     assert gate.get(timeout=DEADLINE) == 64
+
+
+def test_a_frame_over_the_controllers_limit_fails_at_once_and_the_client_goes_on() -> None:
+    """A request whose frame the controller would refuse (over its --max-message-size) raises
+    MessageTooLargeError before anything is sent, instead of getting the client disconnected and
+    its requests left waiting; what goes through shared memory is not a frame and passes."""
+    import numpy
+    import parallax
+
+    with parallax_cluster(extra=["--max-message-size", str(1 << 20)]) as compat:
+        rc = compat.rc
+        assert rc.max_message_size == 1 << 20
+        big = numpy.zeros(2 << 20, dtype=numpy.uint8)
+        lview = rc.load_balanced_view()
+        with pytest.raises(parallax.error.MessageTooLargeError, match=r"2\.0 MiB .* \(1\.0 MiB, its --max-message-size\)"):
+            lview.apply_async(len, big)
+        with pytest.raises(parallax.error.MessageTooLargeError):
+            lview.apply_async(len, big.tobytes())
+        # Direct to an engine on this host, the buffer travels as a shared-memory segment.
+        assert rc[0].apply_sync(len, big) == len(big)
+        assert lview.apply_sync(len, b"small") == 5
+        assert rc[:].apply_sync(lambda: 7) == [7, 7]

@@ -361,8 +361,10 @@ def test_notebook_cell_outputs(executed_notebook: dict[str, Any], cell_id: str) 
 
 
 SHUFFLED = nbformat.v4.new_notebook(cells=[
-    nbformat.v4.new_code_cell("%%px\nimport random, sys, time\ntime.sleep(random.random() / 4)\nprint('out')\n"
-                              "time.sleep(random.random() / 4)\nprint('err', file=sys.stderr)\n"
+    # flush=True: ipykernel flushes stdout and stderr on timers of their own, so without it an
+    # engine's two lines may leave in either order; the test is about the order across engines.
+    nbformat.v4.new_code_cell("%%px\nimport random, sys, time\ntime.sleep(random.random() / 4)\nprint('out', flush=True)\n"
+                              "time.sleep(random.random() / 4)\nprint('err', file=sys.stderr, flush=True)\n"
                               "time.sleep(random.random() / 4)\n6 * 7"),
     nbformat.v4.new_code_cell("%%px\nimport random, time\ntime.sleep(random.random() / 2)\n1 / 0",
                               metadata={"tags": ["raises-exception"]}),

@@ -174,8 +174,9 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Profile
 }
 
 /// `security/controller-client.json` and `security/controller-engine.json`: where the controller
-/// listens, and the key that signs every message of the cluster.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// listens, the key that signs every message of the cluster and, when its links are encrypted,
+/// the CurveZMQ keys of this side (the field names are ipyparallel's).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ControllerFile {
     /// The controller's ROUTER for this side (`tcp://127.0.0.1:PORT`).
     pub url: String,
@@ -190,6 +191,15 @@ pub struct ControllerFile {
     /// use it for their own side of the link. Absent in files of older controllers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_size: Option<u64>,
+    /// The controller's CurveZMQ public key (Z85); absent when the links are not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_serverkey: Option<String>,
+    /// This side's CurveZMQ public key (Z85), one the controller admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_publickey: Option<String>,
+    /// This side's CurveZMQ secret key (Z85).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_secretkey: Option<String>,
 }
 
 #[cfg(test)]
@@ -228,6 +238,7 @@ mod tests {
             profile: "t".into(),
             controller_pid: 1,
             max_message_size: None,
+            ..ControllerFile::default()
         };
         write_json(&profile.client_file(), &file, true).expect("write");
         let mode = fs::metadata(profile.client_file())

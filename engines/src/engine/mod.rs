@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parallax_net::{connect_dealer, Limits, LinkStats, NetError};
+use parallax_net::{connect_dealer, Limits, LinkStats, NetError, Security};
 use parallax_wire::cluster::EngineId;
 use parallax_wire::profile::{read_json, ControllerFile, ProfileError};
 use parallax_wire::Session;
@@ -98,8 +98,12 @@ pub enum EngineError {
     KernelStart { kernel: String, reason: String },
     #[error("the controller refused to register this engine: {reason}")]
     Refused { reason: String },
-    #[error("the controller did not answer register_request within {0:?}")]
-    RegisterTimeout(Duration),
+    #[error("the controller did not answer register_request within {after:?}{}", refused.as_deref().map(|why| format!(": {why}")).unwrap_or_default())]
+    RegisterTimeout {
+        after: Duration,
+        /// Why the controller refused the link's handshake, if it did.
+        refused: Option<String>,
+    },
     #[error("the controller is gone: no heartbeat reply for {0:?}")]
     ControllerGone(Duration),
     #[error("the link to the controller closed")]
@@ -133,26 +137,36 @@ pub async fn run(
     tokio::pin!(shutdown);
     // The controller may be starting at the same moment, and the kernel takes the longest:
     // do both at once.
+    let connect_error = |source| EngineError::Connect {
+        url: file.url.clone(),
+        source,
+    };
+    let security = Security::for_file(&file).map_err(connect_error)?;
+    if !security.is_curve() && !parallax_net::is_loopback_endpoint(&file.url) {
+        tracing::warn!(
+            url = %file.url,
+            "the link to the controller is not encrypted (the engine file has no CURVE keys)"
+        );
+    }
+    let stats = LinkStats::new("controller");
     let connect = async {
         connect_dealer(
             &file.url,
             session.clone(),
             Some(Bytes::from(uuid.clone().into_bytes())),
             CONNECT_TIMEOUT,
-            LinkStats::new("controller"),
+            stats.clone(),
             file.max_message_size.map_or(Limits::DATA, Limits::data),
-            &parallax_net::Security::Null,
+            &security,
         )
         .await
-        .map_err(|source| EngineError::Connect {
-            url: file.url.clone(),
-            source,
-        })
+        .map_err(connect_error)
     };
     let attach = support::Attach {
         url: file.url.clone(),
         key: file.key.clone(),
         uuid: uuid.clone(),
+        curve: support::AttachCurve::from_file(&file),
     };
     let startup =
         async { tokio::try_join!(connect, kernel::EngineKernel::start(spec, attach.clone())) };
@@ -169,6 +183,7 @@ pub async fn run(
         inbox,
         uuid,
         attach,
+        stats,
     };
     serve::Engine::new(options, link, kernel, started)
         .serve(shutdown)

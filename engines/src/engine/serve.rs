@@ -12,9 +12,10 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use parallax_net::{Inbox, Outbox};
+use parallax_net::{Inbox, LinkStats, Outbox};
 use parallax_wire::cluster::{
     died_while_running, EngineId, Heartbeat, KernelDied, RegisterReply, RegisterRequest,
     ENGINE_ERROR, HEARTBEAT_INTERVAL,
@@ -57,6 +58,8 @@ pub(super) struct Link {
     pub uuid: String,
     /// How a new kernel's engine support reaches the controller.
     pub attach: Attach,
+    /// The link's counters, and why the controller refused its handshake, if it did.
+    pub stats: Arc<LinkStats>,
 }
 
 enum KernelState {
@@ -272,7 +275,10 @@ impl Engine {
                 }
             }
             Event::RegisterTimeout => {
-                return Some(Err(EngineError::RegisterTimeout(REGISTER_TIMEOUT)))
+                return Some(Err(EngineError::RegisterTimeout {
+                    after: REGISTER_TIMEOUT,
+                    refused: self.link.stats.refused(),
+                }))
             }
             Event::Stalled => {
                 for reply in self.in_flight.release_stalled(Instant::now()) {

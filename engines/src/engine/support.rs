@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use parallax_wire::profile::ControllerFile;
 use parallax_wire::Message;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -32,6 +33,27 @@ pub(crate) struct Attach {
     pub key: String,
     /// The engine's uuid: the controller ties the support's link to the engine with it.
     pub uuid: String,
+    /// The engine side's CurveZMQ keys, when the controller's links are encrypted.
+    pub curve: Option<AttachCurve>,
+}
+
+/// CurveZMQ keys (Z85) for the support's link, as pyzmq takes them.
+#[derive(Clone, Debug)]
+pub(crate) struct AttachCurve {
+    pub serverkey: String,
+    pub publickey: String,
+    pub secretkey: String,
+}
+
+impl AttachCurve {
+    /// The keys of an engine file, if it has all three.
+    pub fn from_file(file: &ControllerFile) -> Option<Self> {
+        Some(AttachCurve {
+            serverkey: file.curve_serverkey.clone()?,
+            publickey: file.curve_publickey.clone()?,
+            secretkey: file.curve_secretkey.clone()?,
+        })
+    }
 }
 
 /// Whether a `kernel_info_reply` describes a Python kernel.
@@ -52,9 +74,20 @@ pub(crate) fn is_python(kernel_info: &Message) -> bool {
 fn cell(attach: &Attach) -> String {
     // JSON string literals are valid Python string literals.
     let quote = |text: &str| Value::from(text).to_string();
+    let curve = attach.curve.as_ref().map_or_else(
+        || "None".to_owned(),
+        |keys| {
+            format!(
+                "{{'serverkey': {}, 'publickey': {}, 'secretkey': {}}}",
+                quote(&keys.serverkey),
+                quote(&keys.publickey),
+                quote(&keys.secretkey),
+            )
+        },
+    );
     format!(
         "import parallax.engine as _parallax_engine\n\
-         _parallax_engine.start(url={}, key={}, uuid={})\n\
+         _parallax_engine.start(url={}, key={}, uuid={}, curve={curve})\n\
          del _parallax_engine",
         quote(&attach.url),
         quote(&attach.key),
@@ -137,9 +170,24 @@ mod tests {
             url: "tcp://127.0.0.1:5555".into(),
             key: "k\"ey'\\".into(),
             uuid: "u".into(),
+            curve: None,
         };
         let code = cell(&attach);
         assert!(code.contains(r#"key="k\"ey'\\""#), "{code}");
         assert!(code.contains(r#"url="tcp://127.0.0.1:5555""#));
+        assert!(code.contains("curve=None"), "{code}");
+        let keys = AttachCurve {
+            serverkey: "s".into(),
+            publickey: "p".into(),
+            secretkey: "x".into(),
+        };
+        let code = cell(&Attach {
+            curve: Some(keys),
+            ..attach
+        });
+        assert!(
+            code.contains(r#"curve={'serverkey': "s", 'publickey': "p", 'secretkey': "x"}"#),
+            "{code}"
+        );
     }
 }

@@ -686,6 +686,7 @@ impl Kernel {
                     exe,
                     timeout: Duration::from_secs(60),
                     max_message_size: None,
+                    curve: false,
                 };
                 self.cluster = None;
                 match parallax_launcher::start_daemon(&options).await {
