@@ -12,6 +12,7 @@ BENCHES=(
     bench/cluster_start.py
     bench/px_roundtrip.py
     bench/client_bench.py
+    bench/encryption.py
 )
 
 scripts/setup.sh
