@@ -4,10 +4,10 @@
 host's address (port 22: each namespace has its own ports), and writes a client configuration,
 all in a private temporary folder (0700, root's):
 
-- `hosts.ssh_config`: an `ssh_config` naming each host (`Host node1` -> its address, `User root`,
-  the client key, a known_hosts file with each host's key so `StrictHostKeyChecking yes` holds,
-  `BatchMode yes`, `ConnectTimeout 5`, `ServerAliveInterval 1` x 3: a dead link is noticed in
-  about 4 s).
+- `hosts.ssh_config`: an `ssh_config` for each host, by name or address (`Host node1` -> its
+  address, `User root`, the client key, a known_hosts file with each host's key so
+  `StrictHostKeyChecking yes` holds, `BatchMode yes`, `ConnectTimeout 5`,
+  `ServerAliveInterval 1` x 3: a dead link is noticed in about 4 s).
 - `hosts.ssh_command(host, argv, options)`: `["ssh", "-F", config, *options, host, "--", CMD]`,
   CMD being `argv` quoted for the remote shell (ssh joins its arguments into one command line).
 - `hosts.remote_env`: the environment every session gets (`env`, plus HOME; see below).
@@ -16,7 +16,7 @@ all in a private temporary folder (0700, root's):
   runs) reaches the test hosts.
 - `hosts.processes(host)`: what runs in the host's namespace besides its sshd listener (pid ->
   command line), for asserting that nothing was left behind; `hosts.kill_processes(host)` ends
-  all of it.
+  all of it, as `kill_namespace(namespace)` does for any namespace (the clients' host, say).
 - `hosts.close()` (or leaving `with SshHosts(...)`): stops each sshd, kills whatever still runs in
   the hosts' namespaces (sessions outlive the sshd listener, and detached remote processes outlive
   their sessions), checks with `ip netns pids` that nothing is left, removes the folder.
@@ -77,6 +77,7 @@ import netns
 SSHD = "/usr/sbin/sshd"
 SSH = "/usr/bin/ssh"
 SCP = "/usr/bin/scp"
+KEYGEN = "/usr/bin/ssh-keygen"
 PORT = 22
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -84,7 +85,7 @@ STOP_TIMEOUT = 10.0
 
 def available() -> str | None:
     """None if SSH test hosts can be made here, else why not."""
-    for program in (SSHD, SSH, "/usr/bin/ssh-keygen"):
+    for program in (SSHD, SSH, KEYGEN):
         if not os.access(program, os.X_OK):
             return f"{program} is not installed (openssh-server, openssh-client)"
     return netns.available()
@@ -105,7 +106,7 @@ def command_line(pid: int) -> str:
 
 def _keygen(path: Path, comment: str) -> str:
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        [KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         check=True,
         capture_output=True,
         timeout=30,
@@ -149,7 +150,8 @@ class SshHosts:
         (self.dir / "authorized_keys").write_text(_keygen(client_key, "parallax-test-client") + "\n")
         known_hosts = []
         client = [
-            f"Host {' '.join(self.hosts)}",
+            # Hosts are reached by name or by address alike.
+            f"Host {' '.join(self.hosts)} {' '.join(self.net.address(host) for host in self.hosts)}",
             "    User root",
             f"    Port {PORT}",
             f"    IdentityFile {client_key}",
@@ -246,7 +248,7 @@ class SshHosts:
     def kill_processes(self, host: str) -> None:
         """SIGKILL everything on `host` but its sshd listener, and wait until it is gone."""
         daemon = self._daemons.get(host)
-        _kill_namespace(self.net.namespace(host), keep={daemon.pid} if daemon else set())
+        kill_namespace(self.net.namespace(host), keep={daemon.pid} if daemon else set())
 
     def close(self) -> None:
         for proc in self._daemons.values():
@@ -262,12 +264,12 @@ class SshHosts:
         self._daemons.clear()
         try:
             for host in hosts:
-                _kill_namespace(self.net.namespace(host), keep=set())
+                kill_namespace(self.net.namespace(host))
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _kill_namespace(namespace: str, keep: set[int]) -> None:
+def kill_namespace(namespace: str, keep: frozenset[int] | set[int] = frozenset()) -> None:
     """SIGKILL every process in `namespace` but `keep` until none is left (new ones may appear
     while a session is being torn down), within STOP_TIMEOUT."""
     deadline = time.monotonic() + STOP_TIMEOUT

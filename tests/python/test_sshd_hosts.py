@@ -57,7 +57,7 @@ def hosts(net: netns.Network, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def clean(hosts: SshHosts, net: netns.Network) -> Iterator[SshHosts]:
     """`hosts`, with whatever a test left on head and the nodes killed afterwards."""
     yield hosts
-    sshd_hosts._kill_namespace(net.namespace("head"), keep=set())
+    sshd_hosts.kill_namespace(net.namespace("head"))
     for host in hosts.hosts:
         hosts.kill_processes(host)
 
