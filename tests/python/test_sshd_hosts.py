@@ -86,6 +86,8 @@ def running(hosts: SshHosts, host: str, *markers: str) -> bool:
 
 def test_each_host_answers_by_name_with_its_own_address(clean: SshHosts, net: netns.Network) -> None:
     assert ssh(net, clean, "node1", ["hostname", "-I"]).split() == [net.address("node1")]
+    # By address, as mpiexec or a launcher may name it, with the same keys and known_hosts.
+    assert ssh(net, clean, net.address("node1"), ["hostname", "-I"]).split() == [net.address("node1")]
     source = (
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
         f"s.connect(({net.address('head')!r}, 9)); print(s.getsockname()[0])"
