@@ -41,6 +41,9 @@ command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 # Headless browser for the Clusters page tests (Playwright drives Debian's chromium; never
 # `playwright install`).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+# SSH into test hosts (tests/python/sshd_hosts.py): a server in each namespace, and the client.
+[[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 if ((${#missing[@]})); then
     step "installing system packages: ${missing[*]}"
     if [[ $(id -u) -eq 0 ]]; then
