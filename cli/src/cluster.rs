@@ -7,13 +7,15 @@ use std::time::Duration;
 use crate::process::{runtime, stop_signal};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use parallax_launcher::StartOptions;
+use parallax_launcher::config::{self, Settings, SshSection};
+use parallax_launcher::launchers::ssh::parse_hosts;
+use parallax_launcher::{PortRange, StartOptions};
 use parallax_wire::profile::{parallax_dir, Profile};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterAction {
     /// Start a controller and N engines for a profile.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Stop a profile's cluster, leaving no process behind.
     Stop {
         /// The profile whose cluster to stop.
@@ -31,28 +33,45 @@ pub enum ClusterAction {
     },
 }
 
+/// `cluster start`: every setting may also come from the profile's `cluster.toml`; a flag given
+/// here wins over the file.
 #[derive(Args, Debug)]
 pub struct StartArgs {
-    /// Number of engines (default: the number of cores).
+    /// Number of engines (default: the number of cores here; with --engines ssh, the hosts'
+    /// counts).
     #[arg(short = 'n', long = "n", value_name = "N")]
     n: Option<usize>,
     #[arg(long, default_value = "default")]
     profile: String,
-    /// The engines' kernelspec.
-    #[arg(long, default_value = "python3", value_name = "NAME")]
-    kernel: String,
+    /// Which launcher starts the engines: local (this machine) or ssh (--hosts).
+    #[arg(long, value_name = "LAUNCHER", value_parser = ["local", "ssh"])]
+    engines: Option<String>,
+    /// The engine hosts for --engines ssh: [user@]host[:engines], comma-separated.
+    #[arg(long, value_name = "HOSTS")]
+    hosts: Option<String>,
+    /// The engines' kernelspec (default: python3).
+    #[arg(long, value_name = "NAME")]
+    kernel: Option<String>,
     /// Return once every engine is ready, leaving the cluster running in the background.
     #[arg(long)]
     daemonize: bool,
     /// Restart a dead engine kernel or engine process under its old id.
     #[arg(long)]
     restart_engines: bool,
-    /// The address the controller listens on (0.0.0.0 to accept engines from other hosts).
-    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
-    ip: String,
-    /// Seconds the engines may take to become ready.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    timeout: f64,
+    /// The address the controller listens on (default: 127.0.0.1; 0.0.0.0 for engines on other
+    /// hosts).
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<String>,
+    /// The address or name engines dial (default: for engines on other hosts, the address of the
+    /// interface facing them).
+    #[arg(long, value_name = "HOST")]
+    location: Option<String>,
+    /// The controller's two ports, from a range (for firewalls): FIRST-LAST.
+    #[arg(long, value_name = "FIRST-LAST")]
+    ports: Option<String>,
+    /// Seconds the engines may take to become ready (default: 60).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
     /// The largest message frame (bytes) the controller accepts from clients and engines
     /// (default: 2 GiB).
     #[arg(long, value_name = "BYTES")]
@@ -61,6 +80,52 @@ pub struct StartArgs {
     /// not a loopback address.
     #[arg(long)]
     curve: bool,
+    /// The parallax binary on the engine hosts (--engines ssh; default: parallax on their PATH).
+    #[arg(long, value_name = "PATH")]
+    remote_parallax: Option<String>,
+    /// The ssh command, one word per use (--ssh=ssh --ssh=-F --ssh=/path/config).
+    #[arg(long = "ssh", value_name = "WORD", allow_hyphen_values = true)]
+    ssh: Vec<String>,
+    /// An environment variable for the engines on the hosts: NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected NAME=VALUE")),
+    }
+}
+
+impl StartArgs {
+    /// The flags given, as settings over the profile's cluster.toml.
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let hosts = self
+            .hosts
+            .as_deref()
+            .map(parse_hosts)
+            .transpose()
+            .map_err(|reason| anyhow::anyhow!("--hosts: {reason}"))?;
+        Ok(Settings {
+            engines: self.engines.clone(),
+            n: self.n,
+            kernel: self.kernel.clone(),
+            ip: self.ip.clone(),
+            location: self.location.clone(),
+            ports: self.ports.clone(),
+            restart_engines: self.restart_engines.then_some(true),
+            timeout: self.timeout,
+            max_message_size: self.max_message_size,
+            curve: self.curve.then_some(true),
+            ssh: SshSection {
+                hosts,
+                parallax: self.remote_parallax.clone(),
+                ssh: (!self.ssh.is_empty()).then(|| self.ssh.clone()),
+                env: (!self.env.is_empty()).then(|| self.env.iter().cloned().collect()),
+            },
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -81,13 +146,26 @@ pub struct ControllerArgs {
     /// loopback address.
     #[arg(long)]
     curve: bool,
+    /// The address or name written in the engine file, what engines dial (default: --ip, or for
+    /// 0.0.0.0 this host's address).
+    #[arg(long, value_name = "HOST")]
+    location: Option<String>,
+    /// Bind the two ports from this range (for firewalls): FIRST-LAST.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_ports)]
+    ports: Option<PortRange>,
+}
+
+fn parse_ports(text: &str) -> Result<PortRange, String> {
+    text.parse()
 }
 
 #[derive(Args, Debug)]
 pub struct EngineArgs {
-    /// The controller's engine file (`security/controller-engine.json` in the profile).
+    /// The controller's engine file (`security/controller-engine.json` in the profile); `-`
+    /// reads it as one line on standard input and stops the engine when standard input closes.
+    /// Without it, the engine reads $PARALLAX_CONNECTION_INFO.
     #[arg(long, value_name = "FILE")]
-    file: PathBuf,
+    file: Option<PathBuf>,
     /// The engine's kernelspec.
     #[arg(long, default_value = "python3", value_name = "NAME")]
     kernel: String,
@@ -97,6 +175,13 @@ pub struct EngineArgs {
     /// The id to reclaim (an engine process started again after a crash).
     #[arg(long, value_name = "N")]
     id: Option<u32>,
+    /// Only check that the kernel can be found here: print it and exit (the SSH launcher asks
+    /// each host this before it starts engines there).
+    #[arg(long)]
+    check: bool,
+    /// Seconds registering with the controller may take once the kernel is ready.
+    #[arg(long, default_value_t = parallax_engines::engine::REGISTER_TIMEOUT.as_secs_f64(), value_name = "SECONDS")]
+    timeout: f64,
 }
 
 pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
@@ -106,17 +191,44 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         result_limit: args.result_limit,
         max_message_size: args.max_message_size,
         curve: args.curve,
+        location: args.location,
+        ports: args.ports.map(|range| (range.first, range.last)),
     };
     runtime()?.block_on(parallax_controller::run(options, stop_signal()))?;
     Ok(())
 }
 
 pub fn engine(args: EngineArgs) -> anyhow::Result<()> {
+    use parallax_engines::engine::{ConnectionSource, CONNECTION_INFO_VAR};
+    if args.check {
+        let spec = parallax_engines::kernelspec::find_kernelspec(&args.kernel)?;
+        println!(
+            "kernel {}: {} ({})",
+            spec.name,
+            spec.display_name,
+            spec.argv.first().map_or("", String::as_str)
+        );
+        return Ok(());
+    }
+    let connection = match args.file {
+        Some(path) if path.as_os_str() == "-" => ConnectionSource::Stdin,
+        Some(path) => ConnectionSource::File(path),
+        None if std::env::var_os(CONNECTION_INFO_VAR).is_some() => ConnectionSource::Env,
+        None => anyhow::bail!(
+            "where is the controller? give --file FILE (its security/controller-engine.json), \
+             --file - with that file's contents on standard input, or the contents in \
+             ${CONNECTION_INFO_VAR}"
+        ),
+    };
     let options = parallax_engines::engine::EngineOptions {
-        file: args.file,
+        connection,
         kernel: args.kernel,
         restart_kernel: args.restart_kernel,
         id: args.id,
+        register_timeout: Duration::try_from_secs_f64(args.timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .context("--timeout must be a positive number of seconds")?,
     };
     runtime()?.block_on(parallax_engines::engine::run(options, stop_signal()))?;
     Ok(())
@@ -124,32 +236,15 @@ pub fn engine(args: EngineArgs) -> anyhow::Result<()> {
 
 pub fn cluster(action: ClusterAction) -> anyhow::Result<()> {
     match action {
-        ClusterAction::Start(args) => start(args),
+        ClusterAction::Start(args) => start(*args),
         ClusterAction::Stop { profile, all } => runtime()?.block_on(stop(&profile, all)),
         ClusterAction::List { json } => runtime()?.block_on(list(json)),
     }
 }
 
 fn start(args: StartArgs) -> anyhow::Result<()> {
-    let n = match args.n {
-        Some(0) => anyhow::bail!("-n must be at least 1"),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        anyhow::bail!("--timeout must be a positive number of seconds");
-    }
-    let options = StartOptions {
-        profile: Profile::named(&args.profile)?,
-        n,
-        kernel: args.kernel,
-        restart_engines: args.restart_engines,
-        ip: args.ip,
-        exe: std::env::current_exe().context("cannot find the parallax binary")?,
-        timeout: Duration::from_secs_f64(args.timeout),
-        max_message_size: args.max_message_size,
-        curve: args.curve,
-    };
+    let exe = std::env::current_exe().context("cannot find the parallax binary")?;
+    let options = config::resolve(Profile::named(&args.profile)?, exe, args.settings()?)?;
     let runtime = runtime()?;
     if args.daemonize {
         let engines = runtime.block_on(parallax_launcher::start_daemon(&options))?;
@@ -215,13 +310,22 @@ async fn list(json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:>7}  LAUNCHER",
-        "PROFILE", "STATE", "ENGINES"
+        "{:<20} {:<8} {:>7}  {:<8}  HOSTS",
+        "PROFILE", "STATE", "ENGINES", "LAUNCHER"
     );
     for s in summaries {
+        let hosts: Vec<String> = s
+            .hosts
+            .iter()
+            .map(|(host, n)| format!("{host}:{n}"))
+            .collect();
         println!(
-            "{:<20} {:<8} {:>7}  {}",
-            s.profile, s.state, s.engines, s.launcher
+            "{:<20} {:<8} {:>7}  {:<8}  {}",
+            s.profile,
+            s.state,
+            s.engines,
+            s.launcher,
+            hosts.join(",")
         );
     }
     Ok(())

@@ -643,3 +643,87 @@ async fn an_engine_stopped_by_sigterm_says_so_at_once() {
     assert!(stopped_at.elapsed() < Duration::from_secs(1));
     assert!(eventually(Duration::from_secs(5), || !alive(victim.kernel_pid)).await);
 }
+
+/// `parallax engine --file -`: the engine reads the engine file as one line on standard input
+/// (how the SSH launcher reaches a host without the profile's files), registers, and stops, its
+/// kernel with it, when standard input closes (the launcher is gone).
+#[tokio::test]
+async fn an_engine_fed_on_stdin_registers_and_stops_when_stdin_closes() {
+    use std::io::Write;
+    let world = World::new();
+    world.start("s", 1, &[]);
+    let profile = world.profile("s");
+    let connection = std::fs::read_to_string(profile.engine_file()).expect("engine file");
+    let mut child = world
+        .command(&["engine", "--file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("engine");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{}", connection.replace('\n', " ")).expect("write the connection info");
+    let client = world.client("s").await;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let engines = client.engines().await.expect("engines");
+        if engines
+            .iter()
+            .any(|e| e.pid == pid && e.state == EngineState::Idle)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine fed on stdin registered: {engines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stdin);
+    let exited = eventually(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    assert!(exited, "the engine stops once its standard input closes");
+}
+
+/// `PARALLAX_CONNECTION_INFO` (an MPI or batch job's way) works too, and an engine whose
+/// controller never answers says where it dialled and what became of the connection.
+#[tokio::test]
+async fn an_engine_reads_its_connection_from_the_environment_and_says_where_it_dialled() {
+    let world = World::new();
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = unused.local_addr().expect("port").port();
+    drop(unused);
+    let file = ControllerFile {
+        url: format!("tcp://127.0.0.1:{port}"),
+        key: "k".into(),
+        signature_scheme: "hmac-sha256".into(),
+        profile: "nowhere".into(),
+        controller_pid: 1,
+        ..ControllerFile::default()
+    };
+    let out = world
+        .command(&["engine", "--timeout", "3"])
+        .env(
+            "PARALLAX_CONNECTION_INFO",
+            serde_json::to_string(&file).expect("json"),
+        )
+        .output()
+        .expect("engine");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "the controller at tcp://127.0.0.1:{port} did not answer register_request within 3s"
+        )) && stderr.contains("no connection was made"),
+        "{stderr}"
+    );
+    let missing = world.run(&["engine"]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("where is the controller?"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

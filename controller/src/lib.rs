@@ -56,6 +56,12 @@ pub struct ControllerOptions {
     /// Encrypt the links (CurveZMQ) even on loopback. Links are always encrypted when `ip` is
     /// not a loopback address ([`ControllerOptions::encrypted`]).
     pub curve: bool,
+    /// The host or address written in the engine file, what engines dial (`None`: `ip`, or for
+    /// `0.0.0.0` this host's address).
+    pub location: Option<String>,
+    /// The ports to bind, from this range (first..=last): the client link takes the first free
+    /// one, the engine link the next. `None`: chosen by the OS.
+    pub ports: Option<(u16, u16)>,
 }
 
 /// The default [`ControllerOptions::max_message_size`]: 2 GiB, room for real arrays.
@@ -73,6 +79,8 @@ impl ControllerOptions {
             result_limit: DEFAULT_RESULT_LIMIT,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             curve: false,
+            location: None,
+            ports: None,
         }
     }
 
@@ -103,6 +111,8 @@ pub enum ControllerError {
     },
     #[error("the socket bound to {endpoint} did not report its port")]
     NoPort { endpoint: String },
+    #[error("no free port left in {first}-{last} (--ports needs two free ports)")]
+    NoFreePort { first: u16, last: u16 },
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -133,6 +143,44 @@ impl Keys {
     }
 }
 
+/// The ports the two links bind: OS-chosen, or the next free ones of a range.
+struct Ports {
+    range: Option<(u16, u16)>,
+    next: u16,
+}
+
+impl Ports {
+    fn new(range: Option<(u16, u16)>) -> Self {
+        Ports {
+            range,
+            next: range.map_or(0, |(first, _)| first),
+        }
+    }
+
+    /// Binds with `bind` on `host` at the next free port (or one the OS chooses).
+    async fn bind<T, F, Fut>(&mut self, host: &str, bind: F) -> Result<T, ControllerError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, NetError>>,
+    {
+        let Some((first, last)) = self.range else {
+            return Ok(bind(format!("tcp://{host}:0")).await?);
+        };
+        while self.next != 0 && self.next <= last {
+            let port = self.next;
+            self.next = port.checked_add(1).unwrap_or(0);
+            match bind(format!("tcp://{host}:{port}")).await {
+                Ok(bound) => return Ok(bound),
+                Err(error) if error.is_address_in_use() => {
+                    tracing::debug!(port, "port in use; trying the next");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ControllerError::NoFreePort { first, last })
+    }
+}
+
 /// The signature scheme written in the security files.
 const SIGNATURE_SCHEME: &str = "hmac-sha256";
 
@@ -159,7 +207,7 @@ pub async fn run(
     let key = uuid::Uuid::new_v4().to_string();
     let session = Session::new(key.as_bytes(), "parallax-controller");
     let host = files::endpoint_host(&options.ip);
-    let endpoint = format!("tcp://{host}:0");
+    let mut ports = Ports::new(options.ports);
     let client_stats = LinkStats::new("controller client link");
     let engine_stats = LinkStats::new("controller engine link");
     let client_packs = PackPeers::default();
@@ -170,28 +218,34 @@ pub async fn run(
         Some(keys) => (keys.server_for(&keys.client), keys.server_for(&keys.engine)),
         None => (Security::Null, Security::Null),
     };
-    let (client_bound, clients_out, clients_in) = bind_router(
-        &endpoint,
-        session.clone(),
-        client_stats.clone(),
-        Packing::To(client_packs.clone()),
-        limits,
-        &client_security,
-    )
-    .await?;
-    let (engine_bound, engines_out, engines_in) = bind_router(
-        &endpoint,
-        session.clone(),
-        engine_stats.clone(),
-        Packing::To(engine_packs.clone()),
-        limits,
-        &engine_security,
-    )
-    .await?;
+    let (client_bound, clients_out, clients_in) = ports
+        .bind(&host, |endpoint| {
+            let (session, stats) = (session.clone(), client_stats.clone());
+            let (packs, security) = (client_packs.clone(), client_security.clone());
+            async move {
+                let packing = Packing::To(packs);
+                bind_router(&endpoint, session, stats, packing, limits, &security).await
+            }
+        })
+        .await?;
+    let (engine_bound, engines_out, engines_in) = ports
+        .bind(&host, |endpoint| {
+            let (session, stats) = (session.clone(), engine_stats.clone());
+            let (packs, security) = (engine_packs.clone(), engine_security.clone());
+            async move {
+                let packing = Packing::To(packs);
+                bind_router(&endpoint, session, stats, packing, limits, &security).await
+            }
+        })
+        .await?;
 
     let ip = options.ip.clone();
-    let (client_host, engine_host) =
+    let (client_host, advertised) =
         tokio::task::spawn_blocking(move || files::advertised_hosts(&ip)).await?;
+    let engine_host = options
+        .location
+        .as_deref()
+        .map_or(advertised, files::endpoint_host);
     let file = |bound: &str,
                 host: &str,
                 side: Option<&CurveKeys>|

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use parallax_client::ControllerClient;
-use parallax_launcher::{ClusterStatus, LaunchError, StartOptions};
+use parallax_launcher::{ClusterStatus, LaunchError};
 use parallax_wire::profile::Profile;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -71,6 +71,11 @@ impl From<LaunchError> for ApiError {
                 StatusCode::CONFLICT
             }
             LaunchError::NoEngines { .. } => StatusCode::BAD_REQUEST,
+            // The profile's settings (cluster.toml) or its hosts are the problem.
+            LaunchError::Config { .. }
+            | LaunchError::Invalid { .. }
+            | LaunchError::LoopbackController { .. }
+            | LaunchError::Host { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, error.to_string())
@@ -210,17 +215,13 @@ async fn start_profile(
             running.n
         )));
     }
-    let options = StartOptions {
-        profile: profile.clone(),
-        n,
-        kernel: "python3".into(),
-        restart_engines: false,
-        ip: "127.0.0.1".into(),
-        exe: app.exe.clone(),
-        timeout: START_TIMEOUT,
-        max_message_size: None,
-        curve: false,
+    // The profile's cluster.toml says what to start (launcher, hosts...); the page sets n.
+    let flags = parallax_launcher::config::Settings {
+        n: Some(n),
+        timeout: Some(START_TIMEOUT.as_secs_f64()),
+        ..Default::default()
     };
+    let options = parallax_launcher::config::resolve(profile.clone(), app.exe.clone(), flags)?;
     let started = parallax_launcher::start_daemon(&options).await;
     // Published whether or not it came up: a failed start has stopped what it began.
     let version = app.live.changed(&profile).await;

@@ -1,8 +1,10 @@
-//! Clusters on this machine: starting a controller and N engines for a profile, waiting until
-//! they are ready, stopping them, and listing what runs.
+//! Clusters: starting a controller and N engines for a profile (on this machine or, through a
+//! launcher, on other hosts), waiting until they are ready, stopping them, and listing what runs.
 //!
 //! # Layout
 //!
+//! - [`config`]: `cluster.toml` and the flags, resolved into [`StartOptions`].
+//! - [`launchers`]: where engines run and how they start (`local`, `ssh`), behind one trait.
 //! - [`state`]: `cluster.json`, liveness of its processes, stale clusters.
 //! - [`supervise`]: the supervisor process that starts and watches the controller and engines.
 //! - [`scale`]: changing the number of engines of a running cluster.
@@ -20,9 +22,14 @@ use parallax_wire::profile::{Profile, ProfileError};
 use serde::Serialize;
 use tokio::time::Instant;
 
+pub mod config;
+pub mod launchers;
 pub mod scale;
 pub mod state;
 pub mod supervise;
+
+pub use config::PortRange;
+pub use launchers::Engines;
 
 pub use scale::scale;
 pub use state::{ClusterState, ClusterStatus};
@@ -58,6 +65,17 @@ pub enum LaunchError {
     Client(#[from] ClientError),
     #[error("a cluster needs at least 1 engine (asked for {n})")]
     NoEngines { n: usize },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("{reason}")]
+    Invalid { reason: String },
+    #[error(
+        "engines on other hosts cannot reach a controller listening on {ip}: add --ip 0.0.0.0 \
+         (every interface) or --ip ADDRESS (the interface facing the engine hosts)"
+    )]
+    LoopbackController { ip: String },
+    #[error("host {host}: {reason}")]
+    Host { host: String, reason: String },
 }
 
 /// How to start a cluster.
@@ -81,10 +99,52 @@ pub struct StartOptions {
     pub max_message_size: Option<u64>,
     /// Encrypt the links even on loopback (`controller --curve`).
     pub curve: bool,
+    /// What engines dial (`controller --location`); `None`: for engines on other hosts, the
+    /// address of the interface facing them.
+    pub location: Option<String>,
+    /// The controller's ports (`controller --ports`); `None`: chosen by the OS.
+    pub ports: Option<PortRange>,
+    /// Which launcher starts the engines.
+    pub engines: Engines,
 }
 
 impl StartOptions {
-    /// The command line that runs a supervisor for these options in the foreground.
+    /// Options for a local cluster of `n` engines on loopback, with the defaults.
+    pub fn local(profile: Profile, n: usize, exe: PathBuf) -> Self {
+        StartOptions {
+            profile,
+            n,
+            kernel: "python3".into(),
+            restart_engines: false,
+            ip: "127.0.0.1".into(),
+            exe,
+            timeout: config::DEFAULT_TIMEOUT,
+            max_message_size: None,
+            curve: false,
+            location: None,
+            ports: None,
+            engines: Engines::Local,
+        }
+    }
+
+    /// Refuses what cannot work: no engines, or engines on other hosts with a controller
+    /// listening on loopback.
+    pub fn check(&self) -> Result<(), LaunchError> {
+        if self.n == 0 {
+            return Err(LaunchError::NoEngines { n: 0 });
+        }
+        let remote = self.engines.launcher(self.exe.clone()).remote();
+        if remote && is_loopback(&self.ip) {
+            return Err(LaunchError::LoopbackController {
+                ip: self.ip.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The command line that runs a supervisor for these options in the foreground. It carries
+    /// every setting as a flag, so the supervisor starts what was resolved here even though it
+    /// reads `cluster.toml` again (flags win).
     fn supervisor_args(&self) -> Vec<String> {
         let mut args = vec![
             "cluster".to_owned(),
@@ -109,8 +169,31 @@ impl StartOptions {
         if self.curve {
             args.push("--curve".into());
         }
+        if let Some(location) = &self.location {
+            args.extend(["--location".into(), location.clone()]);
+        }
+        if let Some(ports) = self.ports {
+            args.extend(["--ports".into(), ports.to_string()]);
+        }
+        args.extend(["--engines".into(), self.engines.name().into()]);
+        if let Engines::Ssh(ssh) = &self.engines {
+            let hosts: Vec<String> = ssh.hosts.iter().cloned().map(String::from).collect();
+            args.extend(["--hosts".into(), hosts.join(",")]);
+            args.extend(["--remote-parallax".into(), ssh.parallax.clone()]);
+            for word in &ssh.ssh {
+                args.push(format!("--ssh={word}"));
+            }
+            for (name, value) in &ssh.env {
+                args.extend(["--env".into(), format!("{name}={value}")]);
+            }
+        }
         args
     }
+}
+
+/// Whether `ip` (an address or `localhost`) is reachable only from this host.
+fn is_loopback(ip: &str) -> bool {
+    parallax_net::is_loopback_endpoint(&format!("tcp://{ip}:0"))
 }
 
 /// Starts a detached supervisor for the cluster and returns the engines once all of them are
@@ -131,7 +214,13 @@ pub async fn start_daemon(options: &StartOptions) -> Result<Vec<EngineInfo>, Lau
     }
     state::remove_files(profile);
     let log = supervise::supervisor_log(profile);
-    let child = spawn_logged(&options.exe, &options.supervisor_args(), &log, "supervisor")?;
+    let child = spawn_logged(
+        &options.exe,
+        &options.supervisor_args(),
+        &log,
+        "supervisor",
+        Stdio::null(),
+    )?;
     let supervisor = child.id().unwrap_or_default();
     // The supervisor outlives us; the runtime must not kill it when the handle drops.
     drop(child);
@@ -144,12 +233,13 @@ pub async fn start_daemon(options: &StartOptions) -> Result<Vec<EngineInfo>, Lau
     }
 }
 
-/// Starts `exe args` in its own process group, stdin closed, stdout and stderr appended to `log`.
+/// Starts `exe args` in its own process group, stdout and stderr appended to `log`.
 pub(crate) fn spawn_logged(
     exe: &std::path::Path,
     args: &[String],
     log: &std::path::Path,
     what: &str,
+    stdin: Stdio,
 ) -> Result<tokio::process::Child, LaunchError> {
     let error = |source| LaunchError::Spawn {
         what: what.to_owned(),
@@ -164,7 +254,7 @@ pub(crate) fn spawn_logged(
     };
     tokio::process::Command::new(exe)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(open()?)
         .stderr(open()?)
         .process_group(0)
@@ -331,6 +421,17 @@ pub struct ClusterSummary {
     /// Engines asked for.
     pub n: usize,
     pub launcher: String,
+    /// Engine processes per host, as the launcher started them.
+    pub hosts: std::collections::BTreeMap<String, usize>,
+}
+
+/// How many engine processes run on each host.
+fn per_host(state: &ClusterState) -> std::collections::BTreeMap<String, usize> {
+    let mut hosts = std::collections::BTreeMap::new();
+    for host in &state.engine_hosts {
+        *hosts.entry(host.clone()).or_insert(0) += 1;
+    }
+    hosts
 }
 
 /// Every profile under `root` with its cluster's state.
@@ -353,6 +454,7 @@ pub async fn list(root: &std::path::Path) -> Vec<ClusterSummary> {
                     state: "running".into(),
                     engines,
                     n: running.n,
+                    hosts: per_host(&running),
                     launcher: running.launcher,
                 }
             }
@@ -361,6 +463,7 @@ pub async fn list(root: &std::path::Path) -> Vec<ClusterSummary> {
                 state: "stale".into(),
                 engines: 0,
                 n: stale.n,
+                hosts: per_host(&stale),
                 launcher: stale.launcher,
             },
             ClusterStatus::Stopped => ClusterSummary {
@@ -369,6 +472,7 @@ pub async fn list(root: &std::path::Path) -> Vec<ClusterSummary> {
                 engines: 0,
                 n: 0,
                 launcher: "local".into(),
+                hosts: Default::default(),
             },
         };
         summaries.push(summary);

@@ -24,6 +24,9 @@ pub struct ClusterState {
     pub supervisor_pid: u32,
     pub controller_pid: Option<u32>,
     pub engine_pids: Vec<u32>,
+    /// The host of each engine process, in the order of `engine_pids`.
+    #[serde(default)]
+    pub engine_hosts: Vec<String>,
     /// ISO 8601.
     pub started: String,
 }
@@ -72,6 +75,7 @@ pub fn status(profile: &Profile) -> ClusterStatus {
             supervisor_pid: 0,
             controller_pid: None,
             engine_pids: Vec::new(),
+            engine_hosts: Vec::new(),
             started: String::new(),
         }),
     }
@@ -90,12 +94,19 @@ pub fn is_parallax_process(pid: u32) -> bool {
 }
 
 /// Whether a `/proc/PID/cmdline` (arguments separated by NUL bytes) runs one of the cluster's
-/// subcommands. Zombies have an empty command line; they are gone for our purposes.
+/// subcommands, or is a launcher's client whose remote command is an engine (`ssh host -- exec
+/// env ... parallax engine --file - ...`: one argument). Zombies have an empty command line;
+/// they are gone for our purposes.
 fn is_cluster_command(cmdline: &[u8]) -> bool {
-    let mut args = cmdline.split(|b| *b == 0);
-    let binary = args.next().unwrap_or_default();
-    let subcommand = args.next().unwrap_or_default();
-    !binary.is_empty() && matches!(subcommand, b"cluster" | b"controller" | b"engine")
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let binary = args.first().copied().unwrap_or_default();
+    let subcommand = args.get(1).copied().unwrap_or_default();
+    if binary.is_empty() {
+        return false;
+    }
+    let remote_engine = |arg: &&[u8]| String::from_utf8_lossy(arg).contains(" engine --file - ");
+    matches!(subcommand, b"cluster" | b"controller" | b"engine")
+        || args.iter().skip(1).any(remote_engine)
 }
 
 /// Whether a process with this pid exists (and is not a zombie).
@@ -187,6 +198,7 @@ mod tests {
             supervisor_pid,
             controller_pid: Some(supervisor_pid),
             engine_pids: vec![],
+            engine_hosts: vec![],
             started: "2026-01-01T00:00:00.000000Z".into(),
         }
     }
@@ -236,6 +248,7 @@ mod tests {
             &b"/usr/bin/parallax\0cluster\0start\0--profile\0p\0"[..],
             b"/tmp/bench/bin/px-0.1\0controller\0--profile\0p\0",
             b"parallax-copy\0engine\0--file\0f\0",
+            b"ssh\0-T\0node1\0--\0exec env parallax engine --file - --kernel python3\0",
         ] {
             assert!(
                 is_cluster_command(ours),
@@ -248,6 +261,7 @@ mod tests {
             b"/usr/bin/parallax\0kernel\0-f\0c.json\0",
             b"/usr/bin/sleep\0infinity\0",
             b"\0cluster\0",
+            b"ssh\0node1\0--\0uptime\0",
         ] {
             assert!(
                 !is_cluster_command(other),

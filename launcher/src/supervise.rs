@@ -1,25 +1,32 @@
-//! The supervisor: the process that starts a cluster's controller and engines on this machine and
-//! watches them until the cluster is stopped.
+//! The supervisor: the process that starts a cluster's controller and engines and watches them
+//! until the cluster is stopped.
 //!
-//! Each child runs in its own process group with its stderr in the profile's `log/`, so that a
-//! stop can end a child together with whatever it started (an engine's kernel). One task waits
-//! on each child and reports its exit; the supervisor's loop reacts: an engine that died is
-//! started again under its old id when engines restart, a controller that died ends the cluster.
+//! The controller runs here; each engine runs in a child process that the cluster's launcher
+//! ([`crate::launchers`]) describes: the engine itself, or an ssh client whose session is the
+//! engine. Each child runs in its own process group with its stderr in the profile's `log/`, so
+//! that a stop can end a child together with whatever it started (an engine's kernel). A child
+//! that reads its connection info on standard input keeps that input open, held here, until it
+//! exits: when the supervisor goes, so do its engines, wherever they run. One task waits on each
+//! child and reports its exit; the supervisor's loop reacts: an engine that died is started again
+//! under its old id when engines restart, a controller that died ends the cluster.
 //!
 //! Scaling: SIGUSR1 tells the supervisor to read the profile's `scale.json` (written by
 //! [`crate::scale::scale`]) and start engine processes in new slots or stop the highest ones.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use parallax_client::ControllerClient;
 use parallax_wire::cluster::{EngineId, EngineState};
 use parallax_wire::profile::Profile;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::launchers::{location_for, EngineCommand, EngineSpec, Launcher};
 use crate::state::{self, ClusterState, ClusterStatus};
 use crate::{LaunchError, StartOptions};
 
@@ -40,6 +47,9 @@ struct Exited {
 
 struct Supervisor<'a> {
     options: &'a StartOptions,
+    launcher: Box<dyn Launcher>,
+    /// The controller's engine file, once it is written: what engines connect with.
+    connection: String,
     state: ClusterState,
     exits: mpsc::UnboundedSender<Exited>,
     client: Option<ControllerClient>,
@@ -83,6 +93,10 @@ pub async fn supervise(
     // Old connection files would make the wait below succeed before the new controller is up.
     state::remove_files(profile);
 
+    options.check()?;
+    let launcher = options.engines.launcher(options.exe.clone());
+    launcher.preflight(&options.kernel).await?;
+
     let (exits, mut exited) = mpsc::unbounded_channel();
     let mut supervisor = Supervisor {
         options,
@@ -90,13 +104,16 @@ pub async fn supervise(
             profile: profile.name().to_owned(),
             n: options.n,
             kernel: options.kernel.clone(),
-            launcher: "local".into(),
+            launcher: launcher.name().into(),
             restart_engines: options.restart_engines,
             supervisor_pid: std::process::id(),
             controller_pid: None,
             engine_pids: Vec::new(),
+            engine_hosts: Vec::new(),
             started: parallax_wire::now_iso8601(),
         },
+        launcher,
+        connection: String::new(),
         exits,
         client: None,
         retired: HashSet::new(),
@@ -132,9 +149,21 @@ impl Supervisor<'_> {
         if self.options.curve {
             args.push("--curve".into());
         }
+        if let Some(location) = self.location() {
+            args.extend(["--location".into(), location]);
+        }
+        if let Some(ports) = self.options.ports {
+            args.extend(["--ports".into(), ports.to_string()]);
+        }
+        let controller = EngineCommand {
+            program: self.options.exe.clone(),
+            args,
+            stdin: None,
+            host: "localhost".into(),
+        };
         let pid = self.spawn(
             Role::Controller,
-            &args,
+            &controller,
             profile.log_dir().join("controller.log"),
         )?;
         self.state.controller_pid = Some(pid);
@@ -157,9 +186,14 @@ impl Supervisor<'_> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.connection = std::fs::read_to_string(profile.engine_file())
+            .map_err(|error| LaunchError::ControllerFailed {
+                status: format!("cannot read its engine file: {error}"),
+                log: String::new(),
+            })?
+            .replace('\n', " ");
         for slot in 0..self.options.n {
-            let pid = self.spawn_engine(slot, None)?;
-            self.state.engine_pids.push(pid);
+            self.start_engine(slot)?;
         }
         self.state.write(profile)?;
         tracing::info!(
@@ -208,10 +242,10 @@ impl Supervisor<'_> {
         let now = self.state.engine_pids.len();
         tracing::info!(from = now, to = n, "scaling");
         for slot in now..n {
-            let pid = self.spawn_engine(slot, None)?;
-            self.state.engine_pids.push(pid);
+            self.start_engine(slot)?;
         }
         while self.state.engine_pids.len() > n {
+            self.state.engine_hosts.pop();
             if let Some(pid) = self.state.engine_pids.pop() {
                 self.retired.insert(pid);
                 state::signal_tree(pid, Signal::SIGTERM);
@@ -229,33 +263,96 @@ impl Supervisor<'_> {
             .join(format!("engine-{slot}.log"))
     }
 
-    fn spawn_engine(&self, slot: usize, id: Option<EngineId>) -> Result<u32, LaunchError> {
-        let mut args = vec![
-            "engine".to_owned(),
-            "--file".into(),
-            self.options
-                .profile
-                .engine_file()
-                .to_string_lossy()
-                .into_owned(),
-            "--kernel".into(),
-            self.options.kernel.clone(),
-        ];
-        if self.options.restart_engines {
-            args.push("--restart-kernel".into());
+    /// Where engines on other hosts dial: `--location`, else (for a controller on every
+    /// interface) the address of the interface that routes to the first engine host.
+    fn location(&self) -> Option<String> {
+        if let Some(location) = &self.options.location {
+            return Some(location.clone());
         }
-        if let Some(id) = id {
-            args.extend(["--id".into(), id.to_string()]);
+        let unspecified = self
+            .options
+            .ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if !self.launcher.remote() || !unspecified {
+            return None;
         }
-        self.spawn(Role::Engine(slot), &args, self.engine_log(slot))
+        let host = self.launcher.engine_host()?;
+        match location_for(&host) {
+            Some(ip) => {
+                tracing::info!(%host, location = %ip, "engines will dial the interface facing their hosts");
+                Some(ip.to_string())
+            }
+            None => {
+                tracing::warn!(%host, "no route to the engine hosts found; engines are told this host's address");
+                None
+            }
+        }
     }
 
-    /// Starts a child in its own process group, stderr and stdout appended to `log`.
-    fn spawn(&self, role: Role, args: &[String], log: PathBuf) -> Result<u32, LaunchError> {
-        let mut child = crate::spawn_logged(&self.options.exe, args, &log, &format!("{role:?}"))?;
+    /// Starts the engine of a new slot (the next one).
+    fn start_engine(&mut self, slot: usize) -> Result<(), LaunchError> {
+        let (pid, host) = self.spawn_engine(slot, None)?;
+        self.state.engine_pids.push(pid);
+        self.state.engine_hosts.push(host);
+        Ok(())
+    }
+
+    /// Starts the process of the engine of `slot`; returns its pid and the engine's host.
+    fn spawn_engine(
+        &mut self,
+        slot: usize,
+        id: Option<EngineId>,
+    ) -> Result<(u32, String), LaunchError> {
+        let spec = EngineSpec {
+            kernel: self.options.kernel.clone(),
+            restart_kernel: self.options.restart_engines,
+            id,
+            timeout: self.options.timeout,
+            file: self.options.profile.engine_file(),
+            connection: self.connection.clone(),
+        };
+        let command = self.launcher.command(slot, &spec);
+        let pid = self.spawn(Role::Engine(slot), &command, self.engine_log(slot))?;
+        Ok((pid, command.host))
+    }
+
+    /// Starts a child in its own process group, stderr and stdout appended to `log`; a child
+    /// that reads its connection info on standard input gets it, and its input stays open.
+    fn spawn(
+        &mut self,
+        role: Role,
+        command: &EngineCommand,
+        log: PathBuf,
+    ) -> Result<u32, LaunchError> {
+        let stdin = if command.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let mut child = crate::spawn_logged(
+            &command.program,
+            &command.args,
+            &log,
+            &format!("{role:?}"),
+            stdin,
+        )?;
         let pid = child.id().unwrap_or_default();
+        let input = child.stdin.take();
+        let line = command.stdin.as_ref().map(|line| format!("{line}\n"));
         let exits = self.exits.clone();
         tokio::spawn(async move {
+            // The child's standard input stays open, held here, until it exits (or this
+            // process does).
+            let _input = match (input, line) {
+                (Some(mut input), Some(line)) => {
+                    if let Err(error) = input.write_all(line.as_bytes()).await {
+                        tracing::warn!(pid, %error, "cannot give the engine its connection info");
+                    }
+                    Some(input)
+                }
+                _ => None,
+            };
             let status = match child.wait().await {
                 Ok(status) => status.to_string(),
                 Err(error) => error.to_string(),
@@ -283,7 +380,7 @@ impl Supervisor<'_> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let pid = self.spawn_engine(slot, id)?;
+        let (pid, _) = self.spawn_engine(slot, id)?;
         if let Some(entry) = self.state.engine_pids.get_mut(slot) {
             *entry = pid;
         }

@@ -23,12 +23,14 @@ pub(crate) enum Side {
 }
 
 /// The libzmq events watched (zmq.h `ZMQ_EVENT_*`).
-const EVENTS: u16 = 0x0400 // MONITOR_STOPPED
+const EVENTS: u16 = 0x0200 // DISCONNECTED
+    | 0x0400 // MONITOR_STOPPED
     | 0x0800 // HANDSHAKE_FAILED_NO_DETAIL
     | 0x1000 // HANDSHAKE_SUCCEEDED
     | 0x2000 // HANDSHAKE_FAILED_PROTOCOL
     | 0x4000; // HANDSHAKE_FAILED_AUTH
 
+const DISCONNECTED: u16 = 0x0200;
 const MONITOR_STOPPED: u16 = 0x0400;
 const FAILED_NO_DETAIL: u16 = 0x0800;
 const SUCCEEDED: u16 = 0x1000;
@@ -73,7 +75,9 @@ fn read_events(events: &zmq::Socket, side: Side, stats: &LinkStats) {
             return;
         }
         match side {
+            Side::Connecting { .. } if event == DISCONNECTED => stats.set_connected(false),
             Side::Connecting { .. } if event == SUCCEEDED => {
+                stats.set_connected(true);
                 if stats.set_refused(None) {
                     tracing::info!(link = %stats.name(), %address, "handshake succeeded");
                 }
@@ -85,7 +89,7 @@ fn read_events(events: &zmq::Socket, side: Side, stats: &LinkStats) {
                 }
             }
             // The ZAP handler has counted and logged it, with the peer's address.
-            Side::Bound if event == SUCCEEDED || event == FAILED_AUTH => {}
+            Side::Bound if matches!(event, SUCCEEDED | FAILED_AUTH | DISCONNECTED) => {}
             Side::Bound => stats.refuse_peer(describe(side, event, value, &address)),
         }
     }

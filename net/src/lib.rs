@@ -32,7 +32,7 @@
 //!   only known client keys; `replay`: refusing a message accepted before.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,13 @@ pub enum NetError {
     CurveKeys { reason: String },
 }
 
+impl NetError {
+    /// Whether binding failed because the address (the port) is taken.
+    pub fn is_address_in_use(&self) -> bool {
+        matches!(self, NetError::Bind { source, .. } if *source == zmq::Error::EADDRINUSE)
+    }
+}
+
 /// Counters of one link, shared between its socket task and whoever reports on it.
 #[derive(Debug)]
 pub struct LinkStats {
@@ -100,6 +107,11 @@ pub struct LinkStats {
     refused: Mutex<Option<String>>,
     /// The last peer refusal logged, when, and how many like it went unlogged since.
     refusals_logged: Mutex<Option<(String, Instant, u64)>>,
+    /// Whether a connecting link's handshakes are watched even when it is plain and local.
+    watched: bool,
+    /// A watched connecting link: whether it is connected now, and whether it ever was.
+    connected: AtomicBool,
+    ever_connected: AtomicBool,
 }
 
 impl LinkStats {
@@ -110,7 +122,43 @@ impl LinkStats {
             rejected: AtomicU64::new(0),
             refused: Mutex::new(None),
             refusals_logged: Mutex::new(None),
+            watched: false,
+            connected: AtomicBool::new(false),
+            ever_connected: AtomicBool::new(false),
         })
+    }
+
+    /// Counters for a connecting link whose connection is always watched, so that
+    /// [`LinkStats::connection`] can say what happened when the peer stays silent.
+    pub fn watched(name: impl Into<String>) -> Arc<Self> {
+        let mut stats = LinkStats::new(name);
+        if let Some(stats) = Arc::get_mut(&mut stats) {
+            stats.watched = true;
+        }
+        stats
+    }
+
+    /// What a watched connecting link's connection is like: refused (and why), connected,
+    /// dropped, or never made.
+    pub fn connection(&self) -> String {
+        if let Some(why) = self.refused() {
+            return why;
+        }
+        if self.connected.load(Ordering::Relaxed) {
+            "connected".into()
+        } else if self.ever_connected.load(Ordering::Relaxed) {
+            "the connection dropped".into()
+        } else {
+            "no connection was made (nothing accepted one at that address)".into()
+        }
+    }
+
+    /// Records that a watched link connected (handshake done) or disconnected.
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        if connected {
+            self.ever_connected.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Why the peer refused this link's last handshake, if it did and none has succeeded since:
@@ -331,8 +379,9 @@ pub async fn connect_dealer(
         }
         socket.set_identity(&identity)?;
     }
-    if !security.is_curve() && !is_loopback_endpoint(endpoint) {
-        // A plain link off this host: say so if the peer turns out to want encryption.
+    if !security.is_curve() && (stats.watched || !is_loopback_endpoint(endpoint)) {
+        // A plain link off this host (say so if the peer turns out to want encryption), or one
+        // whose connection the program asks about.
         handshake::watch(
             &socket,
             handshake::Side::Connecting { curve: false },

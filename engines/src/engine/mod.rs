@@ -51,32 +51,125 @@ mod support;
 
 /// How long the controller may take to accept our connection (it may be starting too).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the controller may take to answer `register_request`.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the controller may take to answer `register_request`, by default.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Without a `heartbeat_reply` for this long, the controller is considered gone.
 const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where an engine learns where the controller is and how to sign and encrypt: the contents of
+/// the profile's `security/controller-engine.json` ([`ControllerFile`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionSource {
+    /// The file itself (a shared filesystem, or this host).
+    File(PathBuf),
+    /// One line of JSON on standard input, written by the launcher (an ssh session), which keeps
+    /// standard input open for as long as it wants the engine: when it closes, the engine stops,
+    /// so a launcher that dies (or a dropped ssh session) leaves no engine behind.
+    Stdin,
+    /// The JSON in the environment variable `PARALLAX_CONNECTION_INFO` (an MPI or batch job).
+    Env,
+}
+
+/// The environment variable [`ConnectionSource::Env`] reads.
+pub const CONNECTION_INFO_VAR: &str = "PARALLAX_CONNECTION_INFO";
+
+impl ConnectionSource {
+    /// Where it is, for messages.
+    fn describe(&self) -> String {
+        match self {
+            ConnectionSource::File(path) => path.display().to_string(),
+            ConnectionSource::Stdin => "standard input".into(),
+            ConnectionSource::Env => format!("${CONNECTION_INFO_VAR}"),
+        }
+    }
+
+    /// Reads and parses the connection info. From standard input it takes the first line, and
+    /// returns the rest of standard input to be watched for its end.
+    async fn read(&self) -> Result<(ControllerFile, Option<Stdin>), EngineError> {
+        let mut rest = None;
+        let text = match self {
+            ConnectionSource::File(path) => return Ok((read_json(path)?, None)),
+            ConnectionSource::Env => {
+                std::env::var(CONNECTION_INFO_VAR).map_err(|_| EngineError::ConnectionInfo {
+                    from: self.describe(),
+                    reason: "the variable is not set".into(),
+                })?
+            }
+            ConnectionSource::Stdin => {
+                use tokio::io::AsyncBufReadExt;
+                let mut line = String::new();
+                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                let read = tokio::time::timeout(CONNECT_TIMEOUT, stdin.read_line(&mut line)).await;
+                rest = Some(stdin);
+                match read {
+                    Ok(Ok(n)) if n > 0 => line,
+                    Ok(Ok(_)) => String::new(),
+                    Ok(Err(error)) => {
+                        return Err(EngineError::ConnectionInfo {
+                            from: self.describe(),
+                            reason: error.to_string(),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(EngineError::ConnectionInfo {
+                            from: self.describe(),
+                            reason: format!("nothing arrived within {CONNECT_TIMEOUT:?}"),
+                        })
+                    }
+                }
+            }
+        };
+        let file =
+            serde_json::from_str(text.trim()).map_err(|error| EngineError::ConnectionInfo {
+                from: self.describe(),
+                reason: if text.trim().is_empty() {
+                    "it is empty".into()
+                } else {
+                    format!("not a controller engine file: {error}")
+                },
+            })?;
+        Ok((file, rest))
+    }
+}
+
+/// Standard input, after the connection info's line.
+type Stdin = tokio::io::BufReader<tokio::io::Stdin>;
+
+/// Resolves when `stdin` reaches its end (or fails): the launcher that wrote the connection
+/// info is gone. Never resolves without it.
+async fn launcher_gone(stdin: Option<Stdin>) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut stdin) = stdin else {
+        return std::future::pending().await;
+    };
+    let mut buffer = [0u8; 256];
+    while let Ok(1..) = stdin.read(&mut buffer).await {}
+}
 
 /// What `parallax engine` was asked to do.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
-    /// `security/controller-engine.json` of the profile ([`ControllerFile`]).
-    pub file: PathBuf,
+    /// Where the controller's engine file comes from.
+    pub connection: ConnectionSource,
     /// The kernelspec to run, `python3` by default.
     pub kernel: String,
     /// Start a new kernel when the kernel dies, and register again under the same id.
     pub restart_kernel: bool,
     /// The id to reclaim at the first registration (an engine process that was relaunched).
     pub id: Option<EngineId>,
+    /// How long registering may take, from when the kernel is ready.
+    pub register_timeout: Duration,
 }
 
 impl EngineOptions {
     /// Options for the engine of the controller described by `file`, with the defaults.
     pub fn new(file: impl Into<PathBuf>) -> Self {
         EngineOptions {
-            file: file.into(),
+            connection: ConnectionSource::File(file.into()),
             kernel: crate::kernelspec::NATIVE_KERNEL_NAME.to_owned(),
             restart_kernel: false,
             id: None,
+            register_timeout: REGISTER_TIMEOUT,
         }
     }
 }
@@ -86,6 +179,8 @@ impl EngineOptions {
 pub enum EngineError {
     #[error("cannot read the controller file: {0}")]
     ControllerFile(#[from] ProfileError),
+    #[error("cannot read the connection info from {from}: {reason}")]
+    ConnectionInfo { from: String, reason: String },
     #[error("unsupported signature scheme {0:?} in the controller file (only hmac-sha256)")]
     SignatureScheme(String),
     #[error("cannot reach the controller at {url}: {source}")]
@@ -98,11 +193,13 @@ pub enum EngineError {
     KernelStart { kernel: String, reason: String },
     #[error("the controller refused to register this engine: {reason}")]
     Refused { reason: String },
-    #[error("the controller did not answer register_request within {after:?}{}", refused.as_deref().map(|why| format!(": {why}")).unwrap_or_default())]
+    #[error("the controller at {url} did not answer register_request within {after:?} ({attempts} attempts): {connection}")]
     RegisterTimeout {
+        url: String,
         after: Duration,
-        /// Why the controller refused the link's handshake, if it did.
-        refused: Option<String>,
+        attempts: u32,
+        /// What became of the connection: refused (and why), made, dropped or never made.
+        connection: String,
     },
     #[error("the controller is gone: no heartbeat reply for {0:?}")]
     ControllerGone(Duration),
@@ -125,7 +222,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), EngineError> {
     let started = Instant::now();
-    let file: ControllerFile = read_json(&options.file)?;
+    let (file, stdin) = options.connection.read().await?;
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = launcher_gone(stdin) => {
+                tracing::warn!("standard input closed: the launcher is gone; stopping");
+            }
+        }
+    };
     if !file.signature_scheme.eq_ignore_ascii_case("hmac-sha256") {
         return Err(EngineError::SignatureScheme(file.signature_scheme));
     }
@@ -148,7 +253,7 @@ pub async fn run(
             "the link to the controller is not encrypted (the engine file has no CURVE keys)"
         );
     }
-    let stats = LinkStats::new("controller");
+    let stats = LinkStats::watched("controller");
     let connect = async {
         connect_dealer(
             &file.url,
@@ -184,6 +289,7 @@ pub async fn run(
         uuid,
         attach,
         stats,
+        url: file.url.clone(),
     };
     serve::Engine::new(options, link, kernel, started)
         .serve(shutdown)

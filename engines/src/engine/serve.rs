@@ -30,7 +30,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::inflight::{InFlight, Reply};
 use super::kernel::{recv_chunk, Chunk, EngineKernel};
 use super::support::Attach;
-use super::{hostname, EngineError, EngineOptions, CONTROLLER_TIMEOUT, REGISTER_TIMEOUT};
+use super::{hostname, EngineError, EngineOptions, CONTROLLER_TIMEOUT};
 use crate::launch::Exit;
 
 /// Requests the engine itself sends to its kernel (readiness probes, interrupt in message mode,
@@ -60,6 +60,8 @@ pub(super) struct Link {
     pub attach: Attach,
     /// The link's counters, and why the controller refused its handshake, if it did.
     pub stats: Arc<LinkStats>,
+    /// Where it dials.
+    pub url: String,
 }
 
 enum KernelState {
@@ -92,6 +94,43 @@ struct StatusContent {
     execution_state: String,
 }
 
+/// A registration waiting for its reply: asked again with backoff until the deadline.
+#[derive(Clone, Copy, Debug)]
+struct Registering {
+    started: Instant,
+    deadline: Instant,
+    /// When to ask again.
+    next: Instant,
+    attempts: u32,
+}
+
+impl Registering {
+    /// The first wait for a reply; it doubles with every attempt, up to `MAX_WAIT`.
+    const FIRST_WAIT: Duration = Duration::from_secs(2);
+    const MAX_WAIT: Duration = Duration::from_secs(8);
+
+    fn new(timeout: Duration) -> Self {
+        let now = Instant::now();
+        Registering {
+            started: now,
+            deadline: now + timeout,
+            next: now + Self::FIRST_WAIT,
+            attempts: 1,
+        }
+    }
+
+    /// When the next thing happens: asking again, or giving up.
+    fn wake(&self) -> Instant {
+        self.next.min(self.deadline)
+    }
+
+    fn again(&mut self) {
+        let wait = (Self::FIRST_WAIT * 2u32.saturating_pow(self.attempts)).min(Self::MAX_WAIT);
+        self.attempts += 1;
+        self.next = Instant::now() + wait;
+    }
+}
+
 /// The engine's state.
 pub(super) struct Engine {
     options: EngineOptions,
@@ -100,8 +139,8 @@ pub(super) struct Engine {
     host: String,
     /// Our id, once the controller has given us one.
     id: Option<EngineId>,
-    /// While a `register_request` waits for its reply: when to give up.
-    registering: Option<Instant>,
+    /// While a `register_request` waits for its reply.
+    registering: Option<Registering>,
     heartbeat: Option<Interval>,
     /// When the controller was last heard from.
     last_heard: Instant,
@@ -178,7 +217,7 @@ impl Engine {
         shutdown: &mut std::pin::Pin<&mut F>,
     ) -> Event {
         let stall = self.in_flight.next_stall();
-        let registering = self.registering;
+        let registering = self.registering.map(|r| r.wake());
         let (iopub, replies, control, stdin, output, exited, starting) = match &mut self.kernel {
             KernelState::Ready(kernel) => (
                 Some(&mut kernel.client.iopub),
@@ -275,10 +314,24 @@ impl Engine {
                 }
             }
             Event::RegisterTimeout => {
-                return Some(Err(EngineError::RegisterTimeout {
-                    after: REGISTER_TIMEOUT,
-                    refused: self.link.stats.refused(),
-                }))
+                let mut registering = self.registering?;
+                if Instant::now() >= registering.deadline {
+                    return Some(Err(EngineError::RegisterTimeout {
+                        url: self.link.url.clone(),
+                        after: registering.deadline - registering.started,
+                        attempts: registering.attempts,
+                        connection: self.link.stats.connection(),
+                    }));
+                }
+                tracing::info!(
+                    url = %self.link.url,
+                    attempts = registering.attempts,
+                    connection = %self.link.stats.connection(),
+                    "no register_reply yet; asking again"
+                );
+                registering.again();
+                self.send_register_request().await;
+                self.registering = Some(registering);
             }
             Event::Stalled => {
                 for reply in self.in_flight.release_stalled(Instant::now()) {
@@ -352,10 +405,18 @@ impl Engine {
         None
     }
 
-    /// Sends `register_request` for the ready kernel (with our id, if we have one).
+    /// Registers the ready kernel (with our id, if we have one): sends `register_request`, and
+    /// again with backoff until a reply or the deadline (`EngineOptions::register_timeout`).
     async fn register(&mut self) {
+        if self.send_register_request().await {
+            self.registering = Some(Registering::new(self.options.register_timeout));
+        }
+    }
+
+    /// Sends one `register_request`; false when there is no ready kernel to register.
+    async fn send_register_request(&mut self) -> bool {
         let KernelState::Ready(kernel) = &self.kernel else {
-            return;
+            return false;
         };
         let request = RegisterRequest {
             uuid: self.link.uuid.clone(),
@@ -367,12 +428,13 @@ impl Engine {
         };
         let message = self.link.session.message("register_request", &request);
         self.to_controller(message).await;
-        self.registering = Some(Instant::now() + REGISTER_TIMEOUT);
+        true
     }
 
     fn on_register_reply(&mut self, message: &Message) -> Option<Result<(), EngineError>> {
         if self.registering.is_none() {
-            tracing::warn!("register_reply without a pending register_request; ignored");
+            // The answer to a request sent again while the first answer was on its way.
+            tracing::debug!("register_reply without a pending register_request; ignored");
             return None;
         }
         let reply = match message.content_as::<RegisterReply>() {

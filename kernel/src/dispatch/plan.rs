@@ -673,20 +673,14 @@ impl Kernel {
                     Ok(exe) => exe,
                     Err(error) => return failed("ClusterError", &error.to_string()),
                 };
-                let n = engines.map_or_else(
-                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    |n| n as usize,
-                );
-                let options = parallax_launcher::StartOptions {
-                    profile,
-                    n,
-                    kernel: "python3".into(),
-                    restart_engines: false,
-                    ip: "127.0.0.1".into(),
-                    exe,
-                    timeout: Duration::from_secs(60),
-                    max_message_size: None,
-                    curve: false,
+                // The profile's cluster.toml says what to start; -n overrides it.
+                let flags = parallax_launcher::config::Settings {
+                    n: engines.map(|n| n as usize),
+                    ..Default::default()
+                };
+                let options = match parallax_launcher::config::resolve(profile, exe, flags) {
+                    Ok(options) => options,
+                    Err(error) => return failed("ClusterError", &error.to_string()),
                 };
                 self.cluster = None;
                 match parallax_launcher::start_daemon(&options).await {

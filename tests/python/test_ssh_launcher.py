@@ -1,0 +1,208 @@
+"""The SSH launcher, for real: three hosts (network namespaces, see netns.py), `head` running the
+cluster's supervisor and controller, `node1` and `node2` each running Debian's sshd
+(sshd_hosts.py). `parallax cluster start --engines ssh --hosts node1:2,node2:2 --ip 0.0.0.0`
+from head must:
+
+- check each host first (a wrong remote version is refused, naming the host);
+- start 4 engines, 2 per host, that dial head's address on the bridge (found by the launcher,
+  not given), over encrypted links; each engine's address shows which host it runs on;
+- show the launcher and the engines per host in `cluster list`;
+- survive a host dropping off the network: its engines are declared dead, and load-balanced tasks
+  with retries finish on the other host;
+- leave no process on any host after `cluster stop`, and none after its supervisor is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import netns
+import sshd_hosts
+from kernel_env import PARALLAX_BIN, IsolatedEnv, assert_no_processes_left
+
+pytestmark = [
+    pytest.mark.parallax_only,
+    pytest.mark.xdist_group("ssh_launcher"),
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+    pytest.mark.skipif(sshd_hosts.available() is not None, reason=str(sshd_hosts.available())),
+]
+
+DEADLINE = 90.0
+NODES = ["node1", "node2"]
+
+
+@dataclass
+class Hosts:
+    net: netns.Network
+    ssh: sshd_hosts.SshHosts
+    env: dict[str, str]
+    parallax_dir: Path
+
+    def head(self, argv: list[str], timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+        return self.net.run("head", argv, timeout=timeout, env=self.env)
+
+    def parallax(self, *args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+        return self.head([str(PARALLAX_BIN), *args], timeout=timeout)
+
+    def ssh_flags(self) -> list[str]:
+        return ["--ssh=ssh", "--ssh=-F", f"--ssh={self.ssh.ssh_config}"]
+
+    def python(self, code: str) -> dict:
+        """Run `code` on head with `rc` connected to the `ssh` profile; returns its last line as JSON."""
+        script = "import json, parallax\nrc = parallax.Client(profile='ssh', timeout=20)\n" + textwrap.dedent(code)
+        proc = self.head([sys.executable, "-c", script])
+        assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr}\n{self.logs()}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def logs(self) -> str:
+        parts = []
+        for log in sorted((self.parallax_dir / "profile_ssh" / "log").glob("*.log")):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    def left_on_nodes(self) -> dict[str, dict[int, str]]:
+        return {node: procs for node in NODES if (procs := self.ssh.processes(node))}
+
+
+def wait_for(what: str, check, timeout: float = DEADLINE, logs=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[Hosts]:
+    isolated = IsolatedEnv()
+    venv_bin = str(Path(sys.executable).parent)
+    env = {"RUST_LOG": "info", **isolated.environ(), "PARALLAX_PYTHON": sys.executable}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    # What every ssh session on the nodes gets: the venv's Python and Jupyter, this test's
+    # Jupyter folders (the nodes share this machine's filesystem).
+    remote = {name: env[name] for name in env if name.startswith(("JUPYTER", "IPYTHON", "MPLCONFIG"))}
+    remote |= {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", "PARALLAX_PYTHON": sys.executable}
+    net = netns.Network(["head", *NODES])
+    try:
+        with sshd_hosts.SshHosts(net, NODES, env=remote) as ssh:
+            yield Hosts(net, ssh, env, Path(env["PARALLAX_DIR"]))
+    finally:
+        net.close()
+        assert_no_processes_left(env["PARALLAX_DIR"])
+        isolated.cleanup()
+
+
+def start(hosts: Hosts, *extra: str) -> subprocess.CompletedProcess[str]:
+    return hosts.parallax(
+        "cluster", "start", "--profile", "ssh", "--daemonize", "--engines", "ssh",
+        "--hosts", "node1:2,node2:2", "--ip", "0.0.0.0",
+        f"--remote-parallax={PARALLAX_BIN}", *hosts.ssh_flags(), *extra,
+    )  # fmt: skip
+
+
+def engine_addresses(hosts: Hosts) -> dict[str, str]:
+    """Engine id -> the address its kernel's traffic to head leaves from."""
+    return hosts.python(
+        """
+        def address():
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.connect(("10.77.0.1", 9))
+            return s.getsockname()[0]
+        view = rc[:]
+        print(json.dumps(dict(zip(map(str, view.targets), view.apply_sync(address)))))
+        """
+    )
+
+
+def test_a_wrong_remote_version_is_refused_naming_the_host(hosts: Hosts, tmp_path: Path) -> None:
+    fake = tmp_path / "old-parallax"
+    fake.write_text("#!/bin/sh\necho 'parallax 0.0.1'\n")
+    fake.chmod(0o755)
+    proc = hosts.parallax(
+        "cluster", "start", "--profile", "old", "--daemonize", "--engines", "ssh", "--hosts", "node1:1",
+        "--ip", "0.0.0.0", f"--remote-parallax={fake}", *hosts.ssh_flags(), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "host node1: it runs parallax 0.0.1, this machine parallax " in proc.stderr, proc.stderr
+    assert hosts.left_on_nodes() == {}
+
+
+def test_a_loopback_controller_is_refused_for_engines_on_other_hosts(hosts: Hosts) -> None:
+    proc = hosts.parallax("cluster", "start", "--profile", "lo", "--engines", "ssh", "--hosts", "node1", timeout=30)
+    assert proc.returncode != 0
+    assert "cannot reach a controller listening on 127.0.0.1: add --ip 0.0.0.0" in proc.stderr, proc.stderr
+
+
+def test_engines_on_two_hosts_work_and_a_host_that_drops_off_loses_only_its_engines(hosts: Hosts) -> None:
+    started = start(hosts)
+    assert started.returncode == 0, f"{started.stdout}\n{started.stderr}\n{hosts.logs()}"
+    try:
+        engine_file = json.loads((hosts.parallax_dir / "profile_ssh" / "security" / "controller-engine.json").read_text())
+        assert engine_file["url"].startswith("tcp://10.77.0.1:"), engine_file["url"]
+        assert engine_file.get("curve_serverkey"), "links off this host must be encrypted"
+
+        addresses = engine_addresses(hosts)
+        node1, node2 = hosts.net.address("node1"), hosts.net.address("node2")
+        assert sorted(addresses.values()) == [node1, node1, node2, node2], addresses
+        listed = json.loads(hosts.parallax("cluster", "list", "--json").stdout)
+        ours = next(c for c in listed if c["profile"] == "ssh")
+        assert (ours["launcher"], ours["hosts"], ours["engines"]) == ("ssh", {"node1": 2, "node2": 2}, 4), ours
+
+        lost = sorted(int(i) for i, address in addresses.items() if address == node2)
+        subprocess.run(["ip", "-n", hosts.net.namespace("node2"), "link", "set", "eth0", "down"], check=True)
+        result = hosts.python(
+            f"""
+            import time
+            lview = rc.load_balanced_view()
+            lview.retries = 5
+            def slow(x):
+                import time
+                time.sleep(0.5)
+                return x * x
+            ar = lview.map_async(slow, range(16))
+            squares = ar.get(timeout=120)
+            deadline = time.monotonic() + 60
+            while set({lost}) & set(rc.ids) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            print(json.dumps({{"squares": squares, "ids": rc.ids}}))
+            """
+        )
+        assert result["squares"] == [x * x for x in range(16)], result
+        assert not set(lost) & set(result["ids"]), f"engines {lost} of the dropped host are still listed: {result}"
+    finally:
+        subprocess.run(["ip", "-n", hosts.net.namespace("node2"), "link", "set", "eth0", "up"], check=False)
+        stopped = hosts.parallax("cluster", "stop", "--profile", "ssh")
+        assert stopped.returncode == 0, stopped.stderr
+    # node2 was cut off: its engines end when they miss the controller (or sshd drops the session).
+    wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=60, logs=lambda: str(hosts.left_on_nodes()))
+
+
+def test_a_killed_supervisor_leaves_nothing_running_on_the_hosts(hosts: Hosts) -> None:
+    started = start(hosts)
+    assert started.returncode == 0, f"{started.stdout}\n{started.stderr}\n{hosts.logs()}"
+    state = json.loads((hosts.parallax_dir / "profile_ssh" / "cluster.json").read_text())
+    assert len(hosts.ssh.processes("node1")) >= 2, hosts.ssh.processes("node1")
+    os.kill(int(state["supervisor_pid"]), signal.SIGKILL)
+    # The ssh clients are the supervisor's children, in their own process groups: they live on,
+    # but their standard input (held by the supervisor) is closed, so each engine stops.
+    wait_for(
+        "the engines on the nodes to stop",
+        lambda: not hosts.left_on_nodes(),
+        timeout=30,
+        logs=lambda: f"{hosts.left_on_nodes()}\n{hosts.logs()}",
+    )
+    # What is left here (the controller) belongs to a stale cluster: stop cleans it up.
+    hosts.parallax("cluster", "stop", "--profile", "ssh")
+    assert hosts.left_on_nodes() == {}
