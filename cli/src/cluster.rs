@@ -153,6 +153,10 @@ pub struct ControllerArgs {
     /// Bind the two ports from this range (for firewalls): FIRST-LAST.
     #[arg(long, value_name = "FIRST-LAST", value_parser = parse_ports)]
     ports: Option<PortRange>,
+    /// How many engines may die while running one load-balanced task before it fails with
+    /// TaskKilledEngines instead of running again.
+    #[arg(long, default_value_t = parallax_controller::DEFAULT_MAX_TASK_DEATHS, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_task_deaths: u32,
 }
 
 fn parse_ports(text: &str) -> Result<PortRange, String> {
@@ -193,6 +197,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         curve: args.curve,
         location: args.location,
         ports: args.ports.map(|range| (range.first, range.last)),
+        max_task_deaths: args.max_task_deaths,
     };
     runtime()?.block_on(parallax_controller::run(options, stop_signal()))?;
     Ok(())

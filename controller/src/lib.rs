@@ -62,7 +62,13 @@ pub struct ControllerOptions {
     /// The ports to bind, from this range (first..=last): the client link takes the first free
     /// one, the engine link the next. `None`: chosen by the OS.
     pub ports: Option<(u16, u16)>,
+    /// How many engines may die while running one load-balanced task before it fails with
+    /// `TaskKilledEngines` instead of running again (at least 1).
+    pub max_task_deaths: u32,
 }
+
+/// The default [`ControllerOptions::max_task_deaths`], as Dask's `allowed-failures`.
+pub const DEFAULT_MAX_TASK_DEATHS: u32 = 3;
 
 /// The default [`ControllerOptions::max_message_size`]: 2 GiB, room for real arrays.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = Limits::DATA.max_frame;
@@ -81,6 +87,7 @@ impl ControllerOptions {
             curve: false,
             location: None,
             ports: None,
+            max_task_deaths: DEFAULT_MAX_TASK_DEATHS,
         }
     }
 
@@ -198,6 +205,7 @@ pub async fn run(
     let encrypted = options.encrypted();
     let profile = options.profile;
     let result_limit = options.result_limit;
+    let max_task_deaths = options.max_task_deaths;
     profile.create()?;
     let check = profile.clone();
     tokio::task::spawn_blocking(move || files::check_not_running(&check)).await??;
@@ -296,7 +304,11 @@ pub async fn run(
         engine_stats,
         engine_packs,
     };
-    let db = hub::Hub::new(profile.name().to_owned(), links, db, result_limit)
+    let policy = hub::Policy {
+        result_limit,
+        max_task_deaths,
+    };
+    let db = hub::Hub::new(profile.name().to_owned(), links, db, policy)
         .run(shutdown)
         .await;
     db.close().await;

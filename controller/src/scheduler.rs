@@ -41,16 +41,21 @@ const MEAN_WEIGHT: f64 = 0.2;
 pub(crate) struct Constraints {
     /// The engines it may run on (all when `None`).
     pub targets: Option<Vec<EngineId>>,
-    /// How many more times it may be resubmitted after its engine died.
+    /// How many more times it may run again after it raised.
     pub retries_left: u32,
+    /// How many more times it may run again after its engine died under it.
+    pub death_retries_left: u32,
     /// When it stops waiting for an engine.
     pub deadline: Option<Instant>,
-    /// Engines that died while running it.
+    /// Engines it may not run on: it raised there, or the engine died running it.
     pub excluded: Vec<EngineId>,
+    /// The engines that died while running it, in order.
+    pub deaths: Vec<EngineId>,
 }
 
 impl Constraints {
-    fn allows(&self, id: EngineId) -> bool {
+    /// Whether the task may run on engine `id`.
+    pub fn allows(&self, id: EngineId) -> bool {
         !self.excluded.contains(&id)
             && self
                 .targets

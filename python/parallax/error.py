@@ -7,8 +7,8 @@
   f` plus a line per failure).
 - Failures made by the controller rather than by user code (an engine died, a load-balanced task
   timed out or was aborted, its dependencies cannot be met) arrive as replies with ename
-  `EngineError`, `TaskTimeout`, `TaskAborted`, `NoEngines`, `ImpossibleDependency` or
-  `InvalidDependency`. They become RemoteErrors that are also instances of the matching
+  `EngineError`, `TaskTimeout`, `TaskAborted`, `TaskKilledEngines` (a poison task: engines kept
+  dying under it), `NoEngines`, `ImpossibleDependency` or `InvalidDependency`. They become RemoteErrors that are also instances of the matching
   class here, so both `except RemoteError` and `except EngineError` catch them, and several of
   them are collected into a CompositeError like any other remote failure.
 - `NoClusterError`: no controller to connect to; it says how to start one.
@@ -137,6 +137,15 @@ class RemoteTaskAborted(_ControllerFailure, TaskAborted):
     """The task was aborted before it started."""
 
 
+class TaskKilledEngines(EngineError):
+    """The task was running on each of several engines when it died (as many as the controller
+    allows, 3 by default): it is not run again, whatever its retries."""
+
+
+class RemoteTaskKilledEngines(_ControllerFailure, TaskKilledEngines):
+    """A poison task: the engines it names died under it."""
+
+
 class RemoteImpossibleDependency(_ControllerFailure, ImpossibleDependency):
     """The task's dependencies can never be met, so it never ran."""
 
@@ -156,6 +165,7 @@ _CONTROLLER_FAILURES: dict[str, type[RemoteError]] = {
     "EngineError": RemoteEngineError,
     "TaskTimeout": RemoteTaskTimeout,
     "TaskAborted": RemoteTaskAborted,
+    "TaskKilledEngines": RemoteTaskKilledEngines,
     "NoEngines": RemoteNoEngines,
     "ImpossibleDependency": RemoteImpossibleDependency,
     "InvalidDependency": RemoteInvalidDependency,

@@ -159,3 +159,74 @@ def test_a_frame_over_the_controllers_limit_fails_at_once_and_the_client_goes_on
         assert rc[0].apply_sync(len, big) == len(big)
         assert lview.apply_sync(len, b"small") == 5
         assert rc[:].apply_sync(lambda: 7) == [7, 7]
+
+
+@interactive
+def poison(x: int) -> int:
+    """Kills the kernel of whatever engine runs it when x is 0."""
+    import os
+    import time
+
+    if x == 0:
+        os._exit(1)
+    time.sleep(0.05)
+    return x
+
+
+@interactive
+def fails_once(marker: str) -> str:
+    """Raises the first time it runs anywhere (the marker file records it), then succeeds."""
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ValueError("first attempt")
+    return "ok"
+
+
+def test_a_poison_task_stops_after_three_engine_deaths_and_the_rest_of_the_map_finishes() -> None:
+    """retries=5 on 4 engines that restart: the task that kills its engine fails after 3 deaths
+    with TaskKilledEngines naming them (it does not take down every engine, nor run 6 times),
+    and every other task of the map returns."""
+    import parallax
+    from kernel_env import IsolatedEnv, start_cluster, stop_cluster
+
+    env = IsolatedEnv()
+    env.apply()
+    try:
+        cluster = start_cluster(env, "poison", n=4, extra=["--restart-engines"])
+        try:
+            rc = parallax.Client(profile="poison")
+            try:
+                rc.wait_for_engines(4, timeout=DEADLINE)
+                lview = rc.load_balanced_view()
+                lview.retries = 5
+                ars = [lview.apply_async(poison, x) for x in range(12)]
+                with pytest.raises(parallax.error.TaskKilledEngines) as killed:
+                    ars[0].get(timeout=DEADLINE)
+                assert isinstance(killed.value, parallax.error.EngineError)
+                message = str(killed.value)
+                assert "3 deaths, the limit" in message, message
+                named = message.split("engines ", 1)[1].split(" when", 1)[0].split(", ")
+                assert len(set(named)) == 3, message
+                assert [ar.get(timeout=DEADLINE) for ar in ars[1:]] == list(range(1, 12))
+                # The engines came back under their ids.
+                wait_until(lambda: sorted(rc.ids) == [0, 1, 2, 3], DEADLINE, "the engines to come back")
+            finally:
+                rc.close()
+        finally:
+            stop_cluster(cluster)
+    finally:
+        env.cleanup()
+
+
+def test_retries_run_a_task_that_raised_again_on_another_engine(rc: Any, tmp_path: Path) -> None:
+    lview = rc.load_balanced_view()
+    marker = str(tmp_path / "attempted")
+    with pytest.raises(Exception, match="first attempt"):
+        lview.apply_sync(fails_once, marker)
+    os.unlink(marker)
+    lview.retries = 1
+    ar = lview.apply_async(fails_once, marker)
+    assert ar.get(timeout=DEADLINE) == "ok"
+    assert os.path.exists(marker), "the first attempt ran and raised"

@@ -53,9 +53,12 @@
 //!
 //! An `apply_request` names its engine (`{"engine": 0}`) or asks for load balancing
 //! (`{"balanced": true, "targets": [..] | null, "retries": 0, "timeout": null}`): the controller's
-//! scheduler picks the engine, resubmits the task elsewhere if that engine dies while retries
-//! last, and fails it with [`TASK_TIMEOUT`] if it waited unassigned longer than `timeout`
-//! seconds.
+//! scheduler picks the engine, and fails the task with [`TASK_TIMEOUT`] if it waited unassigned
+//! longer than `timeout` seconds. `retries` counts twice, apart: up to that many times a task that
+//! raised is run again on another engine (one it has not failed on), and up to that many times a
+//! task whose engine died under it is run again elsewhere, except that a task that was running
+//! when `max_task_deaths` engines (3 by default, `controller --max-task-deaths`) died fails with
+//! [`TASK_KILLED_ENGINES`] naming them: a poison task does not get to take down every engine.
 //!
 //! Outputs and replies of an engine reach the client that sent the request, with the engine's id
 //! added to their metadata as `engine_id`. Notifications to every connected client:
@@ -84,6 +87,20 @@ pub const TASK_ABORTED: &str = "TaskAborted";
 pub const IMPOSSIBLE_DEPENDENCY: &str = "ImpossibleDependency";
 /// The ename of a load-balanced task that depends on tasks the controller does not know.
 pub const INVALID_DEPENDENCY: &str = "InvalidDependency";
+/// The ename of a task that was running on each of the engines that died under it, as many as
+/// the controller allows (a poison task): it is not run again.
+pub const TASK_KILLED_ENGINES: &str = "TaskKilledEngines";
+
+/// The message of [`TASK_KILLED_ENGINES`]: `engines` died while running the task.
+pub fn killed_engines(engines: &[EngineId]) -> String {
+    let names: Vec<String> = engines.iter().map(ToString::to_string).collect();
+    format!(
+        "the task was running on engines {} when each of them died ({} deaths, the limit): it \
+         is not run again",
+        names.join(", "),
+        engines.len()
+    )
+}
 
 /// An engine's state, as the hub sees it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +219,8 @@ pub struct ApplyRouting {
     /// Engines a load-balanced task may run on (all when absent).
     #[serde(default)]
     pub targets: Option<Vec<EngineId>>,
-    /// How many times a load-balanced task is resubmitted when its engine dies.
+    /// How many times a load-balanced task is run again after it raised, and, counted apart,
+    /// after its engine died under it (up to the controller's `max_task_deaths`).
     #[serde(default)]
     pub retries: u32,
     /// Seconds a load-balanced task may wait for its dependencies and an engine.

@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use parallax_wire::cluster::{
-    died_while_running, pack_format_mismatch, AbortRequest, ApplyRouting, AttachRequest, EngineId,
-    ENGINE_ERROR, IMPOSSIBLE_DEPENDENCY, INVALID_DEPENDENCY, TASK_ABORTED, TASK_TIMEOUT,
+    died_while_running, killed_engines, pack_format_mismatch, AbortRequest, ApplyRouting,
+    AttachRequest, EngineId, ENGINE_ERROR, IMPOSSIBLE_DEPENDENCY, INVALID_DEPENDENCY, TASK_ABORTED,
+    TASK_KILLED_ENGINES, TASK_TIMEOUT,
 };
 use parallax_wire::pack::PACK_VERSION;
 use parallax_wire::replies::error_content;
@@ -97,11 +98,13 @@ impl Hub {
                 let constraints = Constraints {
                     targets: routing.targets,
                     retries_left: routing.retries,
+                    death_retries_left: routing.retries,
                     deadline: routing
                         .timeout
                         .filter(|t| t.is_finite() && *t >= 0.0)
                         .map(|t| Instant::now() + Duration::from_secs_f64(t.min(1e9))),
                     excluded: Vec::new(),
+                    deaths: Vec::new(),
                 };
                 self.insert_task(new_record(&message, None), &message);
                 let queued = Queued {
@@ -330,8 +333,9 @@ impl Hub {
 
     /// Engine `id` is gone or restarting its kernel: the tasks its kernel's support ran died
     /// with the kernel (and, when `everything`, so did those the engine process relays).
-    /// Load-balanced tasks with retries left go back to the queue; the others fail, oldest
-    /// first.
+    /// Each counts the death. Load-balanced tasks with retries left go back to the queue; a task
+    /// that has now seen `max_task_deaths` engines die under it fails with
+    /// `TaskKilledEngines`; the others fail with `EngineError`, oldest first.
     pub(super) async fn lose_tasks_of(&mut self, id: EngineId, everything: bool) {
         self.scheduler.close(id);
         let mut lost: Vec<(u64, String)> = self
@@ -343,11 +347,28 @@ impl Hub {
         lost.sort();
         let mut retried = Vec::new();
         for (_, msg_id) in lost {
+            let deaths = match self
+                .tasks
+                .get_mut(&msg_id)
+                .and_then(|t| t.balanced.as_mut())
+            {
+                Some(constraints) => {
+                    constraints.deaths.push(id);
+                    Some(constraints.deaths.clone())
+                }
+                None => None,
+            };
+            if let Some(deaths) = deaths.filter(|d| d.len() as u32 >= self.max_task_deaths) {
+                tracing::warn!(%msg_id, engines = ?deaths, "a task killed its engines; not run again");
+                self.fail_task_with(&msg_id, TASK_KILLED_ENGINES, &killed_engines(&deaths))
+                    .await;
+                continue;
+            }
             let retry = self
                 .tasks
                 .get(&msg_id)
                 .and_then(|task| task.balanced.as_ref())
-                .is_some_and(|c| c.retries_left > 0);
+                .is_some_and(|c| c.death_retries_left > 0);
             if !retry {
                 self.fail_task(&msg_id, died_while_running).await;
                 continue;
@@ -358,7 +379,7 @@ impl Hub {
             let Some(mut constraints) = task.balanced else {
                 continue;
             };
-            constraints.retries_left -= 1;
+            constraints.death_retries_left -= 1;
             constraints.excluded.push(id);
             tracing::info!(%msg_id, engine = id, "resubmitting a task whose engine died");
             retried.push(Queued {
@@ -499,6 +520,15 @@ impl Hub {
         let content = json!({"status": "ok", "aborted": aborted, "forwarded": passed_on});
         self.reply(message, &content).await;
     }
+}
+
+/// Whether some live engine may run a task (within its targets, not excluded).
+pub(super) fn runs_somewhere(registry: &Registry, constraints: &Constraints) -> bool {
+    registry
+        .iter()
+        .filter(|engine| engine.is_live())
+        .map(|engine| engine.info.id)
+        .any(|id| constraints.allows(id))
 }
 
 /// Whether a task names engines of which none is alive (or has not died running it already).

@@ -18,6 +18,7 @@ use parallax_wire::replies::{error_content, reply_type};
 use super::{error_fields, with_engine_id, Captured, Hub, Task};
 use crate::db::{bounded, Change, Command, TaskDb, STREAM_LIMIT};
 use crate::deps::Outcome;
+use crate::scheduler::Queued;
 
 impl Hub {
     pub(super) async fn on_engine(&mut self, message: Message) {
@@ -208,6 +209,10 @@ impl Hub {
         let Some(task) = self.tasks.remove(&msg_id) else {
             return;
         };
+        let task = match self.retry_if_it_raised(id, task, &message).await {
+            Some(task) => task,
+            None => return,
+        };
         let times: Times = message.metadata_as().unwrap_or_default();
         if let Some(started) = &times.started {
             self.db.send(Command::Update {
@@ -269,6 +274,50 @@ impl Hub {
         message.metadata = with_engine_id(&message.metadata, id);
         self.to_client(message).await;
         self.dispatch().await;
+    }
+}
+
+impl Hub {
+    /// A load-balanced task that raised on engine `id` runs again on another engine while its
+    /// retries last and some engine it has not failed on may take it (the reply is then
+    /// dropped: the client gets the outcome of the last run). Returns the task when its reply
+    /// stands.
+    async fn retry_if_it_raised(
+        &mut self,
+        id: EngineId,
+        mut task: Task,
+        reply: &Message,
+    ) -> Option<Task> {
+        let raised = reply
+            .content_as::<Value>()
+            .is_ok_and(|c| c.get("status").and_then(Value::as_str) == Some("error"));
+        let Some(constraints) = task
+            .balanced
+            .as_mut()
+            .filter(|c| raised && c.retries_left > 0)
+        else {
+            return Some(task);
+        };
+        constraints.excluded.push(id);
+        if !super::apply::runs_somewhere(&self.registry, constraints) {
+            constraints.excluded.pop();
+            return Some(task);
+        }
+        constraints.retries_left -= 1;
+        let msg_id = task.request.msg_id().to_owned();
+        tracing::info!(%msg_id, engine = id, "the task raised; running it again on another engine");
+        self.scheduler.answered(id, None);
+        if let Some(engine) = self.registry.get_mut(id) {
+            engine.info.queue = engine.info.queue.saturating_sub(1);
+            engine.settle_state();
+        }
+        let constraints = task.balanced.take()?;
+        self.scheduler.resubmit(Queued {
+            request: task.request,
+            constraints,
+        });
+        self.dispatch().await;
+        None
     }
 }
 

@@ -108,6 +108,8 @@ pub(crate) struct Hub {
     attached: HashMap<String, Vec<Bytes>>,
     /// The largest apply result (sum of its buffers) kept in the task database, in bytes.
     result_limit: usize,
+    /// How many engines may die under one task before it is failed rather than run again.
+    max_task_deaths: u32,
     tasks: HashMap<String, Task>,
     next_seq: u64,
     /// Routes of the clients that sent `connect_request`: they get notifications.
@@ -128,8 +130,17 @@ enum Event {
     Shutdown,
 }
 
+/// The rules the hub applies to tasks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    /// The largest apply result (sum of its buffers) kept in the task database, in bytes.
+    pub result_limit: usize,
+    /// How many engines may die under one task before it is failed rather than run again.
+    pub max_task_deaths: u32,
+}
+
 impl Hub {
-    pub fn new(profile: String, links: Links, db: TaskDb, result_limit: usize) -> Self {
+    pub fn new(profile: String, links: Links, db: TaskDb, policy: Policy) -> Self {
         Hub {
             profile,
             session: links.session,
@@ -145,7 +156,8 @@ impl Hub {
             scheduler: Scheduler::default(),
             waiting: Waiting::default(),
             attached: HashMap::new(),
-            result_limit,
+            result_limit: policy.result_limit,
+            max_task_deaths: policy.max_task_deaths.max(1),
             tasks: HashMap::new(),
             next_seq: 0,
             clients: Vec::new(),
@@ -290,10 +302,19 @@ impl Hub {
     /// Answers a request in flight with an `EngineError` (text from `evalue(engine id)`) and
     /// records it failed.
     async fn fail_task(&mut self, msg_id: &str, evalue: impl Fn(EngineId) -> String) {
+        let Some(engine) = self.tasks.get(msg_id).map(|task| task.engine) else {
+            return;
+        };
+        self.fail_task_with(msg_id, ENGINE_ERROR, &evalue(engine))
+            .await;
+    }
+
+    /// Answers a request in flight with an error made here (`ename`, `evalue`) and records it
+    /// failed.
+    async fn fail_task_with(&mut self, msg_id: &str, ename: &str, evalue: &str) {
         let Some(task) = self.tasks.remove(msg_id) else {
             return;
         };
-        let evalue = evalue(task.engine);
         self.waiting.finished(
             msg_id,
             Outcome {
@@ -301,7 +322,7 @@ impl Hub {
                 engine: Some(task.engine),
             },
         );
-        let content = execute_error(ENGINE_ERROR, &evalue);
+        let content = execute_error(ename, evalue);
         let reply = self
             .session
             .reply(
