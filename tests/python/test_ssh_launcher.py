@@ -206,3 +206,34 @@ def test_a_killed_supervisor_leaves_nothing_running_on_the_hosts(hosts: Hosts) -
     # What is left here (the controller) belongs to a stale cluster: stop cleans it up.
     hosts.parallax("cluster", "stop", "--profile", "ssh")
     assert hosts.left_on_nodes() == {}
+
+
+@pytest.mark.timeout(300)
+def test_the_lecture_notebook_runs_unchanged_on_engines_over_ssh(hosts: Hosts, tmp_path: Path) -> None:
+    """The lecture (notebooks/parallel_computing.ipynb), executed by nbconvert in the parallax
+    kernel on head, against a 2-host SSH cluster of the default profile (which the lecture uses): the same
+    outputs as on a local cluster."""
+    import nbformat
+
+    from test_lecture_notebook import NOTEBOOK, assert_expected_outputs
+
+    started = hosts.parallax(
+        "cluster", "start", "--profile", "default", "--daemonize", "--engines", "ssh", "--hosts", "node1:1,node2:1",
+        "--ip", "0.0.0.0", f"--remote-parallax={PARALLAX_BIN}", *hosts.ssh_flags(),
+    )  # fmt: skip
+    assert started.returncode == 0, f"{started.stdout}\n{started.stderr}\n{hosts.logs()}"
+    try:
+        env = {key: value for key, value in hosts.env.items() if key != "PARALLAX_PROFILE"}
+        # The kernel runs where the notebook is, and the lecture writes a file there.
+        source = tmp_path / NOTEBOOK.name
+        source.write_bytes(NOTEBOOK.read_bytes())
+        cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+               "--ExecutePreprocessor.kernel_name=parallax", "--ExecutePreprocessor.timeout=60",
+               "--output-dir", str(tmp_path / "out"), str(source)]  # fmt: skip
+        proc = hosts.net.run("head", cmd, timeout=240, env=env)
+        assert proc.returncode == 0, f"nbconvert failed:\n{proc.stderr[-4000:]}\n{hosts.logs()}"
+        assert_expected_outputs(nbformat.read(tmp_path / "out" / NOTEBOOK.name, as_version=4))
+        assert (tmp_path / "myscript.py").is_file()
+    finally:
+        hosts.parallax("cluster", "stop", "--profile", "default")
+    wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=30)
