@@ -108,6 +108,12 @@ impl Query {
         })
     }
 
+    /// The statement and its bound parameters, for the fuzz checks.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn statement(&self) -> (&str, &[SqlValue]) {
+        (&self.sql, &self.params)
+    }
+
     /// The selected records, as objects of the requested keys.
     pub(crate) fn run(&self, db: &Connection) -> rusqlite::Result<Vec<Value>> {
         let mut statement = db.prepare(&self.sql)?;
