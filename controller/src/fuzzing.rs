@@ -18,6 +18,8 @@ const WORDS: &[&str] = &[
     "SELECT",
     "FROM",
     "tasks",
+    "value",
+    "json_each",
     "WHERE",
     "AND",
     "ORDER",
