@@ -120,8 +120,12 @@ pub fn wire_decode(data: &[u8]) {
     assert_eq!(again[at + 2..], frames[at + 2..], "JSON frames and buffers");
     let back = session.decode(again).expect("a re-encoded message decodes");
     assert_same(&back, &message);
-    for frame in [&message.metadata, &message.content] {
-        match serde_json::from_slice::<serde_json::Value>(frame) {
+    // Every frame reads as jupyter_client reads it (bytes that are not UTF-8 replaced).
+    for read in [
+        message.metadata_as::<serde_json::Value>(),
+        message.content_as::<serde_json::Value>(),
+    ] {
+        match read {
             Ok(value) => assert!(value.is_object()),
             // Valid JSON that serde_json cannot hold (`1e400`, which Python reads as inf):
             // the decoder passes it on; a reader that needs the value says what is wrong.
