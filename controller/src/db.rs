@@ -173,7 +173,7 @@ impl TaskDb {
     }
 }
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
     msg_id    TEXT PRIMARY KEY,
     client    TEXT NOT NULL,

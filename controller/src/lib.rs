@@ -20,6 +20,7 @@
 //! - `db`: the task database, written by its own thread in batches; `query`: `db_query`'s
 //!   query language, as SQL.
 //! - `files`: `security/controller-{client,engine}.json` and the addresses they advertise.
+//! - `fuzzing` (tests and the `fuzzing` feature only): the check of the `db_query` fuzz target.
 
 use std::future::Future;
 
@@ -32,6 +33,9 @@ use parallax_wire::Session;
 mod db;
 mod deps;
 mod files;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod query;
 mod registry;

@@ -108,6 +108,12 @@ impl Query {
         })
     }
 
+    /// The statement and its bound parameters, for the fuzz checks.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn statement(&self) -> (&str, &[SqlValue]) {
+        (&self.sql, &self.params)
+    }
+
     /// The selected records, as objects of the requested keys.
     pub(crate) fn run(&self, db: &Connection) -> rusqlite::Result<Vec<Value>> {
         let mut statement = db.prepare(&self.sql)?;
@@ -144,13 +150,18 @@ fn condition_clauses(
                     clauses.push(if negate { "1" } else { "0" }.to_owned());
                     continue;
                 }
-                let mut marks = Vec::new();
+                // Each item is checked as a compared value would be, and the list goes as one
+                // JSON parameter: SQLite binds at most 32,766 parameters to a statement, and
+                // `db_query({"msg_id": {"$in": ids}})` of a long run names more tasks than that.
                 for item in items {
-                    params.push(sql_value(item)?);
-                    marks.push(format!("?{}", params.len()));
+                    sql_value(item)?;
                 }
+                params.push(SqlValue::Text(operand.to_string()));
                 let not = if negate { "NOT " } else { "" };
-                clauses.push(format!("{column} {not}IN ({})", marks.join(", ")));
+                clauses.push(format!(
+                    "{column} {not}IN (SELECT value FROM json_each(?{}))",
+                    params.len()
+                ));
             }
             other => clauses.push(compare(column, other, operand, params)?),
         }
@@ -264,6 +275,18 @@ mod tests {
         for (query, expected) in cases {
             assert_eq!(ids(query.clone()), expected, "{query}");
         }
+    }
+
+    #[test]
+    fn in_takes_lists_longer_than_sqlite_binds_parameters() {
+        // SQLite binds at most 32,766 parameters; one per item failed on longer lists (found
+        // while writing the `db_query` fuzz check).
+        let mut names: Vec<Value> = (0..40_000).map(|i| json!(format!("id{i}"))).collect();
+        names.push(json!("b"));
+        assert_eq!(ids(json!({"msg_id": {"$in": names.clone()}})), vec!["b"]);
+        assert_eq!(ids(json!({"msg_id": {"$nin": names}})), vec!["a", "c"]);
+        assert_eq!(ids(json!({"engine": {"$in": [1, 1.0, true]}})), vec!["b"]);
+        assert_eq!(ids(json!({"engine": {"$nin": [0]}})), vec!["b"]);
     }
 
     #[test]

@@ -31,12 +31,17 @@
 //! - `traceback`: [`user_frames`], tracebacks without internal frames.
 //! - `notices`: verbose, `%autopx`, interrupt, pending, aborted and progress messages.
 //! - `error`: [`MagicError`], the crate's one error type.
+//! - `fuzzing` (tests and the `fuzzing` feature only): the checks of the fuzz targets in `fuzz/`.
 
 #![warn(missing_docs)]
 
 mod args;
 mod error;
 mod errors;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod fuzzing;
 mod grouped;
 mod notices;
 mod options;

@@ -303,7 +303,10 @@ const fn spec(
 const TARGETS_VALUE: &str = "all, an engine id, a list like 0,2 or a slice like 1:3";
 const GROUP_VALUE: &str = "engine, order or type";
 const OUT_VALUE: &str = "a Python name";
-const SECONDS_VALUE: &str = "seconds, e.g. 2 or 0.5; -1 for never";
+const SECONDS_VALUE: &str = "seconds, e.g. 2 or 0.5, at most 1e9; -1 for never";
+/// The longest `--progress-after` (about 31 years): the kernel adds the delay to a clock reading,
+/// so `inf` or `1e20` would overflow it (found by the `magics` fuzz target).
+const MAX_PROGRESS_AFTER: f64 = 1e9;
 const SIGNAL_VALUE: &str = "a signal name like SIGINT or SIGTERM, or a number";
 
 const EXEC_OPTIONS: [OptSpec<Key>; 10] = [
@@ -403,7 +406,7 @@ fn collect(magic: &str, found: Vec<Found<Key>>) -> Result<Settings, MagicError> 
                     .trim()
                     .parse()
                     .ok()
-                    .filter(|v: &f64| !v.is_nan())
+                    .filter(|v: &f64| v.is_finite() && *v <= MAX_PROGRESS_AFTER)
                     .ok_or_else(|| bad_value(magic, &f, &value, SECONDS_VALUE))?;
                 s.change.progress_after = Some(secs);
             }
@@ -568,6 +571,35 @@ mod tests {
         }
         assert_eq!(Signal::parse("9").and_then(|s| s.name()), Some("SIGKILL"));
         assert_eq!(Signal::default().to_string(), "SIGINT");
+    }
+
+    #[test]
+    fn progress_after_refuses_delays_a_clock_cannot_hold() {
+        // The `magics` fuzz target's crash: a delay past `u64::MAX` seconds panicked the kernel
+        // in `Duration::from_secs_f64`; `inf` too, and a smaller one overflowed `Instant + d`.
+        let config = PxConfig::default();
+        for value in [
+            "inf",
+            "infinity",
+            "-inf",
+            "NaN",
+            "1e400",
+            "1e20",
+            "9.3e18",
+            "1000000001",
+        ] {
+            let error =
+                parse_px_options(&format!(" --progress-after {value}"), &config).expect_err(value);
+            assert!(error.to_string().contains("bad value"), "{value}: {error}");
+        }
+        // The fuzzer's input itself (`--p` abbreviates `--progress-after`).
+        let cell = include_str!("../tests/data/fuzz-magics-progress-after-overflow.txt");
+        assert!(crate::parse_cell(cell, &config).is_err());
+        for (value, secs) in [("1e9", 1e9), ("-1e300", -1e300), ("0", 0.0), ("2.5", 2.5)] {
+            let options =
+                parse_px_options(&format!(" --progress-after {value}"), &config).expect(value);
+            assert_eq!(options.progress_after, secs, "{value}");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! [`Signer`]. Decoding checks, in order: the delimiter is there, four JSON frames and a signature
 //! follow it, the signature is right, and each JSON frame is an object of the right shape. Any
 //! failure is a [`DecodeError`] naming what was wrong; nothing in here panics on received data.
+//! A JSON frame need not be UTF-8 inside its strings: jupyter_client writes such frames (see
+//! [`crate::message::parse_frame`]), so they are passed on as they are.
 
 use std::fmt;
 

@@ -1,7 +1,8 @@
 //! Connection files: the JSON that tells each end of a kernel link where the other is and which
 //! key signs its messages.
 //!
-//! The type is `jupyter_protocol`'s [`ConnectionInfo`]; this module adds reading with clear errors,
+//! The type is `jupyter_protocol`'s [`ConnectionInfo`]; this module adds reading with clear errors
+//! ([`parse_connection_file`] is the part without I/O),
 //! writing with mode 0600 (the key is a secret), and channel endpoints.
 
 use std::fs;
@@ -41,8 +42,13 @@ pub fn read_connection_file(path: &Path) -> Result<ConnectionInfo, ConnectionErr
         path: path.to_owned(),
         source,
     })?;
+    parse_connection_file(path, &text)
+}
+
+/// Parses and checks the bytes of a connection file; `path` only names it in errors.
+pub fn parse_connection_file(path: &Path, text: &[u8]) -> Result<ConnectionInfo, ConnectionError> {
     let info: ConnectionInfo =
-        serde_json::from_slice(&text).map_err(|source| ConnectionError::Parse {
+        serde_json::from_slice(text).map_err(|source| ConnectionError::Parse {
             path: path.to_owned(),
             source,
         })?;

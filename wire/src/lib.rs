@@ -20,10 +20,14 @@
 //! - [`profile`]: a cluster profile's folder and files (`$PARALLAX_DIR/profile_<name>/`).
 //! - [`cluster`]: the cluster protocol's message contents (client, controller, engine).
 //! - [`replies`]: reply types, error contents, the shell requests a kernel serves.
+//! - `fuzzing` (tests and the `fuzzing` feature only): the checks of the fuzz targets in `fuzz/`.
 
 pub mod cluster;
 pub mod codec;
 pub mod connection;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header;
 pub mod message;
 pub mod pack;
@@ -33,8 +37,8 @@ pub mod sign;
 
 pub use codec::{DecodeError, Part, Session, DELIMITER};
 pub use connection::{
-    endpoint, read_connection_file, write_connection_file, Channel, ConnectionError,
-    ConnectionInfo, Transport,
+    endpoint, parse_connection_file, read_connection_file, write_connection_file, Channel,
+    ConnectionError, ConnectionInfo, Transport,
 };
 pub use header::{now_iso8601, Header, PROTOCOL_VERSION};
 pub use message::{to_json_bytes, Message, ParentRef};

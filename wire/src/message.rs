@@ -162,14 +162,27 @@ impl Message {
         self
     }
 
-    /// The content parsed as `T`.
+    /// The content parsed as `T` (read as jupyter_client reads it: see [`parse_frame`]).
     pub fn content_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.content)
+        parse_frame(&self.content)
     }
 
-    /// The metadata parsed as `T`.
+    /// The metadata parsed as `T` (read as jupyter_client reads it: see [`parse_frame`]).
     pub fn metadata_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.metadata)
+        parse_frame(&self.metadata)
+    }
+}
+
+/// Parses a JSON frame as jupyter_client does: bytes that are not UTF-8 become U+FFFD.
+///
+/// Frames that are not UTF-8 are ordinary Jupyter: jupyter_client writes with `surrogateescape`
+/// (a kernel printing a file name decoded from other bytes sends `"caf\xe9"`) and reads with
+/// `errors="replace"`. The decoder passes such frames on untouched; readers here replace the
+/// bytes rather than fail (found by the `wire_decode` fuzz target).
+pub fn parse_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(frame) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_str(&String::from_utf8_lossy(frame)),
     }
 }
 
@@ -186,6 +199,28 @@ pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Bytes {
 #[cfg(test)]
 mod tests {
     use crate::Session;
+
+    #[test]
+    fn frames_that_are_not_utf8_read_as_jupyter_client_reads_them() {
+        // jupyter_client's Session.serialize of {"name": "stdout", "text": "caf\udce9 \udcff\n"}:
+        // surrogateescape gives bytes that are not UTF-8. The decoder takes them; a reader used
+        // to fail on them (found by the `wire_decode` fuzz target).
+        let content: &[u8] = b"{\"name\": \"stdout\", \"text\": \"caf\xe9 \xff\\n\"}";
+        let frames = vec![
+            bytes::Bytes::from_static(b"<IDS|MSG>"),
+            bytes::Bytes::new(),
+            bytes::Bytes::from_static(br#"{"msg_id":"1","msg_type":"stream"}"#),
+            bytes::Bytes::from_static(b"{}"),
+            bytes::Bytes::from_static(b"{\"x\": \"\x80\"}"),
+            bytes::Bytes::copy_from_slice(content),
+        ];
+        let message = Session::new(b"", "any").decode(frames).expect("decodes");
+        assert_eq!(message.content, content, "passed on untouched");
+        let read: serde_json::Value = message.content_as().expect("reads");
+        assert_eq!(read["text"], "caf\u{fffd} \u{fffd}\n");
+        let metadata: serde_json::Value = message.metadata_as().expect("reads");
+        assert_eq!(metadata["x"], "\u{fffd}");
+    }
 
     #[test]
     fn set_session_renames_the_sender_and_keeps_unknown_header_fields() {
