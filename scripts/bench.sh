@@ -13,6 +13,7 @@ BENCHES=(
     bench/px_roundtrip.py
     bench/client_bench.py
     bench/encryption.py
+    bench/ssh_start.py
 )
 
 scripts/setup.sh
