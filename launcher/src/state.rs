@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{getpgid, Pid};
 use parallax_wire::profile::{read_json, write_json, Profile, ProfileError};
 use serde::{Deserialize, Serialize};
 
@@ -134,12 +134,16 @@ fn to_pid(pid: u32) -> Option<Pid> {
         .map(Pid::from_raw)
 }
 
-/// Sends `signal` to `pid`'s process group (every cluster process leads its own), and to the
-/// process itself in case it does not lead one.
+/// Sends `signal` to `pid`'s process group when it leads one (every cluster process leads its
+/// own), else to the process alone. Once, not both: Open MPI's `mpiexec` takes a second SIGTERM
+/// as "abort now" and exits without ending its ranks.
 pub fn signal_tree(pid: u32, signal: Signal) {
     if let Some(pid) = to_pid(pid) {
-        let _ = killpg(pid, signal);
-        let _ = kill(pid, signal);
+        if getpgid(Some(pid)) == Ok(pid) {
+            let _ = killpg(pid, signal);
+        } else {
+            let _ = kill(pid, signal);
+        }
     }
 }
 
