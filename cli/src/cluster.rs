@@ -179,6 +179,11 @@ pub struct EngineArgs {
     /// each host this before it starts engines there).
     #[arg(long)]
     check: bool,
+    /// Run as a rank of `mpiexec` (the MPI launcher): the engine's id is its rank, and its
+    /// kernel starts in the rank's environment, so MPI in the kernel sees the job's ranks.
+    /// Without --file, the connection info comes from $PARALLAX_CONNECTION_INFO.
+    #[arg(long, conflicts_with = "id")]
+    mpi: bool,
     /// Seconds registering with the controller may take once the kernel is ready.
     #[arg(long, default_value_t = parallax_engines::engine::REGISTER_TIMEOUT.as_secs_f64(), value_name = "SECONDS")]
     timeout: f64,
@@ -220,11 +225,19 @@ pub fn engine(args: EngineArgs) -> anyhow::Result<()> {
              ${CONNECTION_INFO_VAR}"
         ),
     };
+    let id = if args.mpi {
+        use parallax_engines::engine::rank;
+        let rank = rank::mpi_rank(|name| std::env::var(name).ok())?;
+        std::thread::sleep(rank::registration_delay(rank));
+        Some(rank)
+    } else {
+        args.id
+    };
     let options = parallax_engines::engine::EngineOptions {
         connection,
         kernel: args.kernel,
         restart_kernel: args.restart_kernel,
-        id: args.id,
+        id,
         register_timeout: Duration::try_from_secs_f64(args.timeout)
             .ok()
             .filter(|t| !t.is_zero())
