@@ -13,13 +13,14 @@
 //! version or lacks the kernel stops the start with a message naming it.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EngineCommand, EngineSpec, Launcher, Preflight};
+use super::{EngineCommand, EngineProcess, EngineSpec, Launcher, Preflight};
 use crate::LaunchError;
 
 /// How long a host may take to answer the checks before the start.
@@ -297,6 +298,13 @@ impl Launcher for Ssh {
         })
     }
 
+    fn commands(&self, slots: Range<usize>, spec: &EngineSpec) -> Vec<EngineProcess> {
+        EngineProcess::per_slot(slots, |slot| self.command(slot, spec))
+    }
+}
+
+impl Ssh {
+    /// The ssh client whose session runs the engine of `slot`.
     fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand {
         let host = self.host_of(slot);
         let mut engine = vec!["engine".to_owned(), "--file".into(), "-".into()];
@@ -307,6 +315,7 @@ impl Launcher for Ssh {
             args,
             stdin: Some(spec.connection.clone()),
             host: host.target.clone(),
+            env: Vec::new(),
         }
     }
 }
