@@ -166,6 +166,21 @@ impl Ssh {
         &hosts[(slot - first) % hosts.len()]
     }
 
+    /// The ssh client whose session runs the engine of `slot`.
+    fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand {
+        let host = self.host_of(slot);
+        let mut engine = vec!["engine".to_owned(), "--file".into(), "-".into()];
+        engine.extend(spec.engine_args());
+        let (program, args) = self.ssh(&host.target, format!("exec {}", self.parallax(&engine)));
+        EngineCommand {
+            program,
+            args,
+            stdin: Some(spec.connection.clone()),
+            host: host.target.clone(),
+            env: Vec::new(),
+        }
+    }
+
     /// `ssh [options] target -- command`: ssh hands `command` to the remote user's shell.
     fn ssh(&self, target: &str, command: String) -> (PathBuf, Vec<String>) {
         let (program, own) = self
@@ -300,23 +315,6 @@ impl Launcher for Ssh {
 
     fn commands(&self, slots: Range<usize>, spec: &EngineSpec) -> Vec<EngineProcess> {
         EngineProcess::per_slot(slots, |slot| self.command(slot, spec))
-    }
-}
-
-impl Ssh {
-    /// The ssh client whose session runs the engine of `slot`.
-    fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand {
-        let host = self.host_of(slot);
-        let mut engine = vec!["engine".to_owned(), "--file".into(), "-".into()];
-        engine.extend(spec.engine_args());
-        let (program, args) = self.ssh(&host.target, format!("exec {}", self.parallax(&engine)));
-        EngineCommand {
-            program,
-            args,
-            stdin: Some(spec.connection.clone()),
-            host: host.target.clone(),
-            env: Vec::new(),
-        }
     }
 }
 
