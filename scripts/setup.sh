@@ -44,6 +44,11 @@ command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 # SSH into test hosts (tests/python/sshd_hosts.py): a server in each namespace, and the client.
 [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+# MPI for the MPI launcher's tests (tests/python/test_mpi_launcher.py): Debian's MPICH and Open MPI,
+# side by side as mpiexec.mpich and mpiexec.openmpi (installing openmpi-bin points the plain
+# `mpiexec` at Open MPI, so the tests name each one). mpi4py comes from python/requirements.txt.
+command -v mpiexec.mpich >/dev/null 2>&1 || missing+=(mpich)
+command -v mpiexec.openmpi >/dev/null 2>&1 || missing+=(openmpi-bin)
 if ((${#missing[@]})); then
     step "installing system packages: ${missing[*]}"
     if [[ $(id -u) -eq 0 ]]; then

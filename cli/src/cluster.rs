@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::process::{runtime, stop_signal};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use parallax_launcher::config::{self, Settings, SshSection};
+use parallax_launcher::config::{self, MpiSection, Settings, SshSection};
 use parallax_launcher::launchers::ssh::parse_hosts;
 use parallax_launcher::{PortRange, StartOptions};
 use parallax_wire::profile::{parallax_dir, Profile};
@@ -38,13 +38,14 @@ pub enum ClusterAction {
 #[derive(Args, Debug)]
 pub struct StartArgs {
     /// Number of engines (default: the number of cores here; with --engines ssh, the hosts'
-    /// counts).
+    /// counts; with --engines mpi, the number of ranks).
     #[arg(short = 'n', long = "n", value_name = "N")]
     n: Option<usize>,
     #[arg(long, default_value = "default")]
     profile: String,
-    /// Which launcher starts the engines: local (this machine) or ssh (--hosts).
-    #[arg(long, value_name = "LAUNCHER", value_parser = ["local", "ssh"])]
+    /// Which launcher starts the engines: local (this machine), ssh (--hosts) or mpi (one
+    /// mpiexec; engine ids are the ranks).
+    #[arg(long, value_name = "LAUNCHER", value_parser = ["local", "ssh", "mpi"])]
     engines: Option<String>,
     /// The engine hosts for --engines ssh: [user@]host[:engines], comma-separated.
     #[arg(long, value_name = "HOSTS")]
@@ -86,9 +87,17 @@ pub struct StartArgs {
     /// The ssh command, one word per use (--ssh=ssh --ssh=-F --ssh=/path/config).
     #[arg(long = "ssh", value_name = "WORD", allow_hyphen_values = true)]
     ssh: Vec<String>,
-    /// An environment variable for the engines on the hosts: NAME=VALUE (repeatable).
+    /// An environment variable for the engines on the hosts (--engines ssh) or for the ranks
+    /// (--engines mpi): NAME=VALUE (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// The mpiexec to run (--engines mpi; default: mpiexec on PATH), e.g. mpiexec.openmpi.
+    #[arg(long, value_name = "PATH")]
+    mpiexec: Option<String>,
+    /// An argument for mpiexec before -n N, one word per use (--mpi-args=--oversubscribe
+    /// --mpi-args=-hosts --mpi-args=a,b).
+    #[arg(long = "mpi-args", value_name = "WORD", allow_hyphen_values = true)]
+    mpi_args: Vec<String>,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -107,6 +116,7 @@ impl StartArgs {
             .map(parse_hosts)
             .transpose()
             .map_err(|reason| anyhow::anyhow!("--hosts: {reason}"))?;
+        let env = (!self.env.is_empty()).then(|| self.env.iter().cloned().collect());
         Ok(Settings {
             engines: self.engines.clone(),
             n: self.n,
@@ -122,7 +132,12 @@ impl StartArgs {
                 hosts,
                 parallax: self.remote_parallax.clone(),
                 ssh: (!self.ssh.is_empty()).then(|| self.ssh.clone()),
-                env: (!self.env.is_empty()).then(|| self.env.iter().cloned().collect()),
+                env: env.clone(),
+            },
+            mpi: MpiSection {
+                mpiexec: self.mpiexec.clone(),
+                args: (!self.mpi_args.is_empty()).then(|| self.mpi_args.clone()),
+                env,
             },
         })
     }
@@ -183,6 +198,11 @@ pub struct EngineArgs {
     /// each host this before it starts engines there).
     #[arg(long)]
     check: bool,
+    /// Run as a rank of `mpiexec` (the MPI launcher): the engine's id is its rank, and its
+    /// kernel starts in the rank's environment, so MPI in the kernel sees the job's ranks.
+    /// Without --file, the connection info comes from $PARALLAX_CONNECTION_INFO.
+    #[arg(long, conflicts_with = "id")]
+    mpi: bool,
     /// Seconds registering with the controller may take once the kernel is ready.
     #[arg(long, default_value_t = parallax_engines::engine::REGISTER_TIMEOUT.as_secs_f64(), value_name = "SECONDS")]
     timeout: f64,
@@ -225,11 +245,19 @@ pub fn engine(args: EngineArgs) -> anyhow::Result<()> {
              ${CONNECTION_INFO_VAR}"
         ),
     };
+    let id = if args.mpi {
+        use parallax_engines::engine::rank;
+        let rank = rank::mpi_rank(|name| std::env::var(name).ok())?;
+        std::thread::sleep(rank::registration_delay(rank));
+        Some(rank)
+    } else {
+        args.id
+    };
     let options = parallax_engines::engine::EngineOptions {
         connection,
         kernel: args.kernel,
         restart_kernel: args.restart_kernel,
-        id: args.id,
+        id,
         register_timeout: Duration::try_from_secs_f64(args.timeout)
             .ok()
             .filter(|t| !t.is_zero())

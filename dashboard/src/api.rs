@@ -67,9 +67,9 @@ fn conflict(message: impl Into<String>) -> ApiError {
 impl From<LaunchError> for ApiError {
     fn from(error: LaunchError) -> Self {
         let status = match error {
-            LaunchError::AlreadyRunning { .. } | LaunchError::NotRunning { .. } => {
-                StatusCode::CONFLICT
-            }
+            LaunchError::AlreadyRunning { .. }
+            | LaunchError::NotRunning { .. }
+            | LaunchError::FixedSize { .. } => StatusCode::CONFLICT,
             LaunchError::NoEngines { .. } => StatusCode::BAD_REQUEST,
             // The profile's settings (cluster.toml) or its hosts are the problem.
             LaunchError::Config { .. }

@@ -7,8 +7,8 @@
 //! setting that does not exist, stops the start with the file's name and the reason.
 //!
 //! ```toml
-//! engines = "ssh"            # local (default) or ssh
-//! n = 6                      # default: the cores here (local), the hosts' counts (ssh)
+//! engines = "ssh"            # local (default), ssh or mpi
+//! n = 6                      # default: the cores here (local, mpi), the hosts' counts (ssh)
 //! kernel = "python3"
 //! ip = "0.0.0.0"             # where the controller listens
 //! location = "10.0.0.1"      # what engines dial (default: the interface facing them)
@@ -20,6 +20,11 @@
 //! parallax = "/opt/parallax/bin/parallax"   # the binary on the hosts
 //! ssh = ["ssh", "-F", "/home/me/.ssh/cluster_config"]
 //! env = { PATH = "/opt/venv/bin:/usr/bin" }
+//!
+//! [mpi]                      # with engines = "mpi"
+//! mpiexec = "mpiexec.openmpi"                     # default: mpiexec
+//! args = ["--allow-run-as-root", "--oversubscribe"]   # before -n N
+//! env = { MPI4PY_LIBMPI = "libmpi.so.40" }        # for the ranks
 //! ```
 
 use std::collections::BTreeMap;
@@ -29,6 +34,7 @@ use std::time::Duration;
 use parallax_wire::profile::Profile;
 use serde::{Deserialize, Serialize};
 
+use crate::launchers::mpi::MpiSettings;
 use crate::launchers::ssh::{SshHost, SshSettings};
 use crate::launchers::Engines;
 use crate::{LaunchError, StartOptions};
@@ -43,7 +49,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The launcher: `local` or `ssh`.
+    /// The launcher: `local`, `ssh` or `mpi`.
     pub engines: Option<String>,
     pub n: Option<usize>,
     pub kernel: Option<String>,
@@ -56,6 +62,8 @@ pub struct Settings {
     pub curve: Option<bool>,
     #[serde(default)]
     pub ssh: SshSection,
+    #[serde(default)]
+    pub mpi: MpiSection,
 }
 
 /// `[ssh]`: the SSH launcher's settings.
@@ -65,6 +73,15 @@ pub struct SshSection {
     pub hosts: Option<Vec<SshHost>>,
     pub parallax: Option<String>,
     pub ssh: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// `[mpi]`: the MPI launcher's settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpiSection {
+    pub mpiexec: Option<String>,
+    pub args: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
 }
 
@@ -107,6 +124,11 @@ impl Settings {
                 parallax: self.ssh.parallax.or(under.ssh.parallax),
                 ssh: self.ssh.ssh.or(under.ssh.ssh),
                 env: self.ssh.env.or(under.ssh.env),
+            },
+            mpi: MpiSection {
+                mpiexec: self.mpi.mpiexec.or(under.mpi.mpiexec),
+                args: self.mpi.args.or(under.mpi.args),
+                env: self.mpi.env.or(under.mpi.env),
             },
         }
     }
@@ -173,9 +195,18 @@ pub fn resolve(
             ssh.env = settings.ssh.env.clone().unwrap_or_default();
             Engines::Ssh(ssh)
         }
+        "mpi" => {
+            let mut mpi = MpiSettings::default();
+            if let Some(mpiexec) = settings.mpi.mpiexec.clone().filter(|m| !m.is_empty()) {
+                mpi.mpiexec = mpiexec;
+            }
+            mpi.args = settings.mpi.args.clone().unwrap_or_default();
+            mpi.env = settings.mpi.env.clone().unwrap_or_default();
+            Engines::Mpi(mpi)
+        }
         other => {
             return Err(invalid(format!(
-                "unknown launcher {other:?}: --engines takes local or ssh"
+                "unknown launcher {other:?}: --engines takes local, ssh or mpi"
             )))
         }
     };
@@ -183,7 +214,9 @@ pub fn resolve(
         (Some(0), _) => return Err(LaunchError::NoEngines { n: 0 }),
         (Some(n), _) => n,
         (None, Engines::Ssh(ssh)) => ssh.engines(),
-        (None, Engines::Local) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (None, Engines::Local | Engines::Mpi(_)) => {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
     };
     let timeout = match settings.timeout {
         None => DEFAULT_TIMEOUT,
@@ -263,6 +296,44 @@ mod tests {
     }
 
     #[test]
+    fn the_mpi_section_and_flags_resolve_like_ssh() {
+        let (_dir, profile) = profile_with(Some(
+            "engines = \"mpi\"\nn = 4\n[mpi]\nmpiexec = \"mpiexec.openmpi\"\nargs = \
+             [\"--oversubscribe\"]\nenv = { MPI4PY_LIBMPI = \"libmpi.so.40\" }\n",
+        ));
+        let flags = Settings {
+            mpi: MpiSection {
+                args: Some(vec!["--allow-run-as-root".into(), "--oversubscribe".into()]),
+                ..MpiSection::default()
+            },
+            ..Settings::default()
+        };
+        let options = resolve(profile, "/bin/parallax".into(), flags).expect("valid");
+        let Engines::Mpi(mpi) = &options.engines else {
+            panic!("expected mpi, got {:?}", options.engines);
+        };
+        assert_eq!(options.n, 4);
+        assert_eq!(mpi.mpiexec, "mpiexec.openmpi", "the file");
+        assert_eq!(
+            mpi.args,
+            ["--allow-run-as-root", "--oversubscribe"],
+            "the flags"
+        );
+        assert_eq!(
+            mpi.env.get("MPI4PY_LIBMPI").map(String::as_str),
+            Some("libmpi.so.40")
+        );
+
+        let (_dir, profile) = profile_with(Some("engines = \"mpi\"\n"));
+        let options = resolve(profile, "/bin/parallax".into(), Settings::default()).expect("valid");
+        assert_eq!(
+            options.engines,
+            Engines::Mpi(MpiSettings::default()),
+            "mpiexec on PATH, no arguments"
+        );
+    }
+
+    #[test]
     fn no_file_means_a_local_cluster_on_loopback() {
         let (_dir, profile) = profile_with(None);
         let options = resolve(profile, "/bin/parallax".into(), Settings::default()).expect("valid");
@@ -275,7 +346,12 @@ mod tests {
     #[test]
     fn bad_files_and_settings_say_what_is_wrong() {
         let cases = [
-            ("engines = \"mpi\"\n", "unknown launcher \"mpi\""),
+            ("engines = \"pbs\"\n", "unknown launcher \"pbs\""),
+            ("[mpi]\nmpiexc = \"x\"\n", "unknown field `mpiexc`"),
+            (
+                "engines = \"mpi\"\nrestart_engines = true\n",
+                "--restart-engines does not work with the mpi launcher",
+            ),
             ("engines = \"ssh\"\nip = \"0.0.0.0\"\n", "needs hosts"),
             ("engins = \"ssh\"\n", "unknown field `engins`"),
             ("ports = \"9-3\"\n", "FIRST-LAST"),

@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`config`]: `cluster.toml` and the flags, resolved into [`StartOptions`].
-//! - [`launchers`]: where engines run and how they start (`local`, `ssh`), behind one trait.
+//! - [`launchers`]: where engines run and how they start (`local`, `ssh`, `mpi`), behind one
+//!   trait.
 //! - [`state`]: `cluster.json`, liveness of its processes, stale clusters.
 //! - [`supervise`]: the supervisor process that starts and watches the controller and engines.
 //! - [`scale`]: changing the number of engines of a running cluster.
@@ -76,6 +77,8 @@ pub enum LaunchError {
     LoopbackController { ip: String },
     #[error("host {host}: {reason}")]
     Host { host: String, reason: String },
+    #[error("cannot scale the cluster of profile {profile:?}: {reason}")]
+    FixedSize { profile: String, reason: String },
 }
 
 /// How to start a cluster.
@@ -127,13 +130,24 @@ impl StartOptions {
         }
     }
 
-    /// Refuses what cannot work: no engines, or engines on other hosts with a controller
-    /// listening on loopback.
+    /// Refuses what cannot work: no engines, engines on other hosts with a controller
+    /// listening on loopback, or restarting engines of a cluster whose size is fixed.
     pub fn check(&self) -> Result<(), LaunchError> {
         if self.n == 0 {
             return Err(LaunchError::NoEngines { n: 0 });
         }
-        let remote = self.engines.launcher(self.exe.clone()).remote();
+        let launcher = self.engines.launcher(self.exe.clone());
+        if let (true, Some(why)) = (self.restart_engines, launcher.fixed_size()) {
+            return Err(LaunchError::Invalid {
+                reason: format!(
+                    "--restart-engines does not work with the {} launcher ({why}): a rank that \
+                     dies usually ends the whole MPI job, and a new kernel cannot join its \
+                     COMM_WORLD",
+                    launcher.name()
+                ),
+            });
+        }
+        let remote = launcher.remote();
         if remote && is_loopback(&self.ip) {
             return Err(LaunchError::LoopbackController {
                 ip: self.ip.clone(),
@@ -187,6 +201,15 @@ impl StartOptions {
                 args.extend(["--env".into(), format!("{name}={value}")]);
             }
         }
+        if let Engines::Mpi(mpi) = &self.engines {
+            args.push(format!("--mpiexec={}", mpi.mpiexec));
+            for word in &mpi.args {
+                args.push(format!("--mpi-args={word}"));
+            }
+            for (name, value) in &mpi.env {
+                args.extend(["--env".into(), format!("{name}={value}")]);
+            }
+        }
         args
     }
 }
@@ -217,6 +240,7 @@ pub async fn start_daemon(options: &StartOptions) -> Result<Vec<EngineInfo>, Lau
     let child = spawn_logged(
         &options.exe,
         &options.supervisor_args(),
+        &[],
         &log,
         "supervisor",
         Stdio::null(),
@@ -233,10 +257,12 @@ pub async fn start_daemon(options: &StartOptions) -> Result<Vec<EngineInfo>, Lau
     }
 }
 
-/// Starts `exe args` in its own process group, stdout and stderr appended to `log`.
+/// Starts `exe args` with `env` added to its environment, in its own process group, stdout and
+/// stderr appended to `log`.
 pub(crate) fn spawn_logged(
     exe: &std::path::Path,
     args: &[String],
+    env: &[(String, String)],
     log: &std::path::Path,
     what: &str,
     stdin: Stdio,
@@ -254,6 +280,7 @@ pub(crate) fn spawn_logged(
     };
     tokio::process::Command::new(exe)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(stdin)
         .stdout(open()?)
         .stderr(open()?)
@@ -346,18 +373,30 @@ fn not_ready(options: &StartOptions, engines: &[EngineInfo], why: String) -> Lau
             state::log_tail(&supervise::supervisor_log(profile), 20)
         ));
     }
-    for (slot, pid) in pids.iter().enumerate() {
-        if engines.iter().any(|e| e.pid == *pid) {
+    for (slots, pid) in processes(&pids) {
+        if engines.iter().any(|e| e.pid == pid) {
             continue;
         }
-        let alive = if state::is_alive(*pid) {
+        let alive = if state::is_alive(pid) {
             "still starting"
         } else {
             "exited"
         };
-        let log = profile.log_dir().join(format!("engine-{slot}.log"));
+        let log = profile.log_dir().join(engine_log_name(&slots));
+        let which = if slots.len() == 1 {
+            format!(
+                "engine process {} (pid {pid}, {alive}) did not register",
+                slots.start
+            )
+        } else {
+            format!(
+                "the process of engines {}-{} (pid {pid}, {alive}) did not start them all",
+                slots.start,
+                slots.end - 1
+            )
+        };
         details.push_str(&format!(
-            "engine process {slot} (pid {pid}, {alive}) did not register; {} ends:\n{}\n",
+            "{which}; {} ends:\n{}\n",
             log.display(),
             indent(&state::log_tail(&log, 15))
         ));
@@ -367,6 +406,28 @@ fn not_ready(options: &StartOptions, engines: &[EngineInfo], why: String) -> Lau
         n: options.n,
         why,
         details,
+    }
+}
+
+/// Each engine process of `engine_pids` (one pid per slot) with the slots it runs: consecutive
+/// slots with the same pid belong to one process.
+fn processes(engine_pids: &[u32]) -> Vec<(std::ops::Range<usize>, u32)> {
+    let mut processes: Vec<(std::ops::Range<usize>, u32)> = Vec::new();
+    for (slot, pid) in engine_pids.iter().enumerate() {
+        match processes.last_mut() {
+            Some((slots, last)) if last == pid => slots.end = slot + 1,
+            _ => processes.push((slot..slot + 1, *pid)),
+        }
+    }
+    processes
+}
+
+/// The log file of the process that runs the engines of `slots`: `engine-K.log` for one slot,
+/// `engine-K-L.log` for slots K to L.
+pub(crate) fn engine_log_name(slots: &std::ops::Range<usize>) -> String {
+    match slots.len() {
+        0 | 1 => format!("engine-{}.log", slots.start),
+        _ => format!("engine-{}-{}.log", slots.start, slots.end - 1),
     }
 }
 
@@ -421,7 +482,8 @@ pub struct ClusterSummary {
     /// Engines asked for.
     pub n: usize,
     pub launcher: String,
-    /// Engine processes per host, as the launcher started them.
+    /// Engine processes per host, as the launcher started them (for an MPI cluster, the
+    /// engines per host, as the ranks registered).
     pub hosts: std::collections::BTreeMap<String, usize>,
 }
 
@@ -440,21 +502,30 @@ pub async fn list(root: &std::path::Path) -> Vec<ClusterSummary> {
     for profile in Profile::all_in(root) {
         let summary = match state::status(&profile) {
             ClusterStatus::Running(running) => {
-                let engines =
+                let live: Vec<EngineInfo> =
                     match ControllerClient::connect(&profile, Duration::from_secs(2)).await {
-                        Ok(client) => client
-                            .engines()
-                            .await
-                            .map(|e| e.iter().filter(|e| e.state != EngineState::Dead).count())
-                            .unwrap_or(0),
-                        Err(_) => 0,
-                    };
+                        Ok(client) => client.engines().await.unwrap_or_default(),
+                        Err(_) => Vec::new(),
+                    }
+                    .into_iter()
+                    .filter(|e| e.state != EngineState::Dead)
+                    .collect();
+                // mpiexec places the ranks, so only they know their hosts.
+                let hosts = if running.engine_groups.is_empty() || live.is_empty() {
+                    per_host(&running)
+                } else {
+                    let mut hosts = std::collections::BTreeMap::new();
+                    for engine in &live {
+                        *hosts.entry(engine.host.clone()).or_insert(0) += 1;
+                    }
+                    hosts
+                };
                 ClusterSummary {
                     profile: profile.name().to_owned(),
                     state: "running".into(),
-                    engines,
+                    engines: live.len(),
                     n: running.n,
-                    hosts: per_host(&running),
+                    hosts,
                     launcher: running.launcher,
                 }
             }
@@ -478,4 +549,58 @@ pub async fn list(root: &std::path::Path) -> Vec<ClusterSummary> {
         summaries.push(summary);
     }
     summaries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_processes_are_runs_of_one_pid() {
+        assert_eq!(processes(&[]), []);
+        assert_eq!(
+            processes(&[7, 8, 9]),
+            [(0..1, 7), (1..2, 8), (2..3, 9)],
+            "one process per slot"
+        );
+        assert_eq!(processes(&[5, 5, 5, 5]), [(0..4, 5)], "one mpiexec");
+        assert_eq!(engine_log_name(&(2..3)), "engine-2.log");
+        assert_eq!(engine_log_name(&(0..4)), "engine-0-3.log");
+    }
+
+    #[test]
+    fn the_supervisor_gets_the_mpi_settings_as_flags() {
+        let profile = Profile::in_dir(std::path::Path::new("/tmp/x"), "p").expect("profile");
+        let mut options = StartOptions::local(profile, 3, "/bin/parallax".into());
+        let mut mpi = launchers::mpi::MpiSettings {
+            mpiexec: "mpiexec.openmpi".into(),
+            args: vec!["--allow-run-as-root".into(), "-x".into(), "A".into()],
+            ..Default::default()
+        };
+        mpi.env
+            .insert("MPI4PY_LIBMPI".into(), "libmpi.so.40".into());
+        options.engines = Engines::Mpi(mpi);
+        let args = options.supervisor_args().join(" ");
+        assert!(
+            args.ends_with(
+                "--engines mpi --mpiexec=mpiexec.openmpi --mpi-args=--allow-run-as-root \
+                 --mpi-args=-x --mpi-args=A --env MPI4PY_LIBMPI=libmpi.so.40"
+            ),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn an_mpi_cluster_does_not_restart_engines() {
+        let profile = Profile::in_dir(std::path::Path::new("/tmp/x"), "p").expect("profile");
+        let mut options = StartOptions::local(profile, 3, "/bin/parallax".into());
+        options.engines = Engines::Mpi(Default::default());
+        assert!(options.check().is_ok());
+        options.restart_engines = true;
+        let error = options.check().expect_err("refused").to_string();
+        assert!(
+            error.contains("--restart-engines does not work with the mpi launcher"),
+            "{error}"
+        );
+    }
 }

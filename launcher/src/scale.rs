@@ -5,6 +5,8 @@
 //! slots (each with its own `log/engine-SLOT.log`) or stops those of the highest slots, and
 //! updates `cluster.json`. [`scale`] returns once the controller sees exactly that many live
 //! engines, all ready. ipyparallel cannot do this: its clusters keep the size they started with.
+//! Nor can an MPI cluster here (one `mpiexec` runs every rank): scaling one is refused with the
+//! reason ([`crate::launchers::fixed_size`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +69,12 @@ pub async fn scale_with_timeout(
             profile: profile.name().to_owned(),
         });
     };
+    if let Some(reason) = crate::launchers::fixed_size(&running.launcher) {
+        return Err(LaunchError::FixedSize {
+            profile: profile.name().to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
     write_json(&request_file(profile), &ScaleRequest { n }, false)?;
     let supervisor = running.supervisor_pid;
     let pid = i32::try_from(supervisor).map_err(|_| LaunchError::NotRunning {
@@ -134,6 +142,31 @@ mod tests {
         write_json(&request_file(&profile), &ScaleRequest { n: 0 }, false).expect("write");
         assert_eq!(read_request(&profile), None);
         remove_request(&profile);
+        assert!(!request_file(&profile).exists());
+    }
+
+    #[test]
+    fn scaling_an_mpi_cluster_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = Profile::in_dir(dir.path(), "t").expect("profile");
+        profile.create().expect("create");
+        // A running cluster: the supervisor's pid must be a live cluster process; this test
+        // process is not one, so `status` says stale. Checked on the launcher's name instead.
+        assert_eq!(
+            crate::launchers::fixed_size("mpi"),
+            Some(crate::launchers::mpi::FIXED_SIZE)
+        );
+        assert_eq!(crate::launchers::fixed_size("local"), None);
+        assert_eq!(crate::launchers::fixed_size("ssh"), None);
+        let error = LaunchError::FixedSize {
+            profile: "t".into(),
+            reason: crate::launchers::mpi::FIXED_SIZE.into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot scale the cluster of profile \"t\": an MPI cluster's size is fixed by its \
+             mpiexec: stop it and start it with -n N"
+        );
         assert!(!request_file(&profile).exists());
     }
 

@@ -5,9 +5,10 @@
 //! *stale*, and [`clean_stale`] ends whatever of it still runs and removes its files.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{getpgid, Pid};
 use parallax_wire::profile::{read_json, write_json, Profile, ProfileError};
 use serde::{Deserialize, Serialize};
 
@@ -23,21 +24,42 @@ pub struct ClusterState {
     /// The process that started and watches the others.
     pub supervisor_pid: u32,
     pub controller_pid: Option<u32>,
+    /// For each slot, the process started for its engine: the engine, its ssh client, or the
+    /// `mpiexec` that runs every rank (then the same pid for each of its slots).
     pub engine_pids: Vec<u32>,
     /// The host of each engine process, in the order of `engine_pids`.
     #[serde(default)]
     pub engine_hosts: Vec<String>,
+    /// The processes that run the engines of several slots (the `mpiexec` of an MPI cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_groups: Vec<EngineGroup>,
     /// ISO 8601.
     pub started: String,
 }
 
+/// A process that runs the engines of the slots `first..first + count` (an `mpiexec`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EngineGroup {
+    pub pid: u32,
+    /// What it runs (`mpiexec.openmpi`).
+    pub program: String,
+    pub first: usize,
+    pub count: usize,
+}
+
 impl ClusterState {
-    /// Every process of the cluster, supervisor first.
+    /// Every process of the cluster, supervisor first, each once.
     pub fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.supervisor_pid)
+        let mut pids: Vec<u32> = Vec::new();
+        let all = std::iter::once(self.supervisor_pid)
             .chain(self.controller_pid)
-            .chain(self.engine_pids.iter().copied())
-            .collect()
+            .chain(self.engine_pids.iter().copied());
+        for pid in all {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 
     pub fn write(&self, profile: &Profile) -> Result<(), ProfileError> {
@@ -76,6 +98,7 @@ pub fn status(profile: &Profile) -> ClusterStatus {
             controller_pid: None,
             engine_pids: Vec::new(),
             engine_hosts: Vec::new(),
+            engine_groups: Vec::new(),
             started: String::new(),
         }),
     }
@@ -95,7 +118,8 @@ pub fn is_parallax_process(pid: u32) -> bool {
 
 /// Whether a `/proc/PID/cmdline` (arguments separated by NUL bytes) runs one of the cluster's
 /// subcommands, or is a launcher's client whose remote command is an engine (`ssh host -- exec
-/// env ... parallax engine --file - ...`: one argument). Zombies have an empty command line;
+/// env ... parallax engine --file - ...`: one argument), or an `mpiexec` whose ranks are
+/// engines (`mpiexec ... -n N parallax engine --mpi ...`). Zombies have an empty command line;
 /// they are gone for our purposes.
 fn is_cluster_command(cmdline: &[u8]) -> bool {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -105,8 +129,12 @@ fn is_cluster_command(cmdline: &[u8]) -> bool {
         return false;
     }
     let remote_engine = |arg: &&[u8]| String::from_utf8_lossy(arg).contains(" engine --file - ");
+    let mpi_engines = args
+        .windows(2)
+        .any(|w| w == [&b"engine"[..], &b"--mpi"[..]]);
     matches!(subcommand, b"cluster" | b"controller" | b"engine")
         || args.iter().skip(1).any(remote_engine)
+        || mpi_engines
 }
 
 /// Whether a process with this pid exists (and is not a zombie).
@@ -134,17 +162,39 @@ fn to_pid(pid: u32) -> Option<Pid> {
         .map(Pid::from_raw)
 }
 
-/// Sends `signal` to `pid`'s process group (every cluster process leads its own), and to the
-/// process itself in case it does not lead one.
+/// Sends `signal` to `pid`'s process group when it leads one (every cluster process leads its
+/// own), else to the process alone. Once, not both: Open MPI's `mpiexec` takes a second SIGTERM
+/// as "abort now" and exits without ending its ranks.
 pub fn signal_tree(pid: u32, signal: Signal) {
     if let Some(pid) = to_pid(pid) {
-        let _ = killpg(pid, signal);
-        let _ = kill(pid, signal);
+        if getpgid(Some(pid)) == Ok(pid) {
+            let _ = killpg(pid, signal);
+        } else {
+            let _ = kill(pid, signal);
+        }
     }
 }
 
-/// Ends what is left of a stale cluster and removes its files.
+/// How long the engine groups of a stale cluster get to end their engines after SIGTERM.
+const GROUP_GRACE: Duration = Duration::from_secs(3);
+
+/// Ends what is left of a stale cluster and removes its files. Engine groups get SIGTERM
+/// first, which `mpiexec` forwards to its ranks (killed outright, Open MPI's would be left
+/// running, no longer its children); then whatever is left is killed.
 pub fn clean_stale(profile: &Profile, state: &ClusterState) {
+    let groups: Vec<u32> = state
+        .engine_groups
+        .iter()
+        .map(|g| g.pid)
+        .filter(|pid| is_parallax_process(*pid))
+        .collect();
+    for pid in &groups {
+        signal_tree(*pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + GROUP_GRACE;
+    while groups.iter().any(|pid| is_alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for pid in state.pids() {
         if is_parallax_process(pid) {
             signal_tree(pid, Signal::SIGKILL);
@@ -199,6 +249,7 @@ mod tests {
             controller_pid: Some(supervisor_pid),
             engine_pids: vec![],
             engine_hosts: vec![],
+            engine_groups: vec![],
             started: "2026-01-01T00:00:00.000000Z".into(),
         }
     }
@@ -249,6 +300,7 @@ mod tests {
             b"/tmp/bench/bin/px-0.1\0controller\0--profile\0p\0",
             b"parallax-copy\0engine\0--file\0f\0",
             b"ssh\0-T\0node1\0--\0exec env parallax engine --file - --kernel python3\0",
+            b"mpiexec.openmpi\0--oversubscribe\0-n\x004\0/bin/parallax\0engine\0--mpi\0",
         ] {
             assert!(
                 is_cluster_command(ours),
@@ -262,6 +314,7 @@ mod tests {
             b"/usr/bin/sleep\0infinity\0",
             b"\0cluster\0",
             b"ssh\0node1\0--\0uptime\0",
+            b"mpiexec\0-n\x002\0python\0engine\0",
         ] {
             assert!(
                 !is_cluster_command(other),

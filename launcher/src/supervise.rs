@@ -2,8 +2,8 @@
 //! until the cluster is stopped.
 //!
 //! The controller runs here; each engine runs in a child process that the cluster's launcher
-//! ([`crate::launchers`]) describes: the engine itself, or an ssh client whose session is the
-//! engine. Each child runs in its own process group with its stderr in the profile's `log/`, so
+//! ([`crate::launchers`]) describes: the engine itself, an ssh client whose session is the
+//! engine, or one `mpiexec` whose ranks are all the engines. Each child runs in its own process group with its stderr in the profile's `log/`, so
 //! that a stop can end a child together with whatever it started (an engine's kernel). A child
 //! that reads its connection info on standard input keeps that input open, held here, until it
 //! exits: when the supervisor goes, so do its engines, wherever they run. One task waits on each
@@ -11,9 +11,12 @@
 //! under its old id when engines restart, a controller that died ends the cluster.
 //!
 //! Scaling: SIGUSR1 tells the supervisor to read the profile's `scale.json` (written by
-//! [`crate::scale::scale`]) and start engine processes in new slots or stop the highest ones.
+//! [`crate::scale::scale`]) and start engine processes in new slots or stop the highest ones
+//! (unless the launcher's clusters have a fixed size: then the request is ignored, and
+//! [`crate::scale::scale`] refuses it before it gets here).
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -26,15 +29,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::launchers::{location_for, EngineCommand, EngineSpec, Launcher};
-use crate::state::{self, ClusterState, ClusterStatus};
+use crate::launchers::{location_for, EngineCommand, EngineProcess, EngineSpec, Launcher};
+use crate::state::{self, ClusterState, ClusterStatus, EngineGroup};
 use crate::{LaunchError, StartOptions};
 
 /// Which child a process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Controller,
-    /// An engine process, by its slot (0..n): the slot names its log file.
+    /// An engine process, by its slot (0..n), the first of its slots when it runs several.
     Engine(usize),
 }
 
@@ -110,6 +113,7 @@ pub async fn supervise(
             controller_pid: None,
             engine_pids: Vec::new(),
             engine_hosts: Vec::new(),
+            engine_groups: Vec::new(),
             started: parallax_wire::now_iso8601(),
         },
         launcher,
@@ -160,6 +164,7 @@ impl Supervisor<'_> {
             args,
             stdin: None,
             host: "localhost".into(),
+            env: Vec::new(),
         };
         let pid = self.spawn(
             Role::Controller,
@@ -192,9 +197,7 @@ impl Supervisor<'_> {
                 log: String::new(),
             })?
             .replace('\n', " ");
-        for slot in 0..self.options.n {
-            self.start_engine(slot)?;
-        }
+        self.start_engines(0..self.options.n)?;
         self.state.write(profile)?;
         tracing::info!(
             profile = profile.name(),
@@ -222,7 +225,7 @@ impl Supervisor<'_> {
                     }
                     Role::Engine(slot) => {
                         tracing::warn!(slot, pid = gone.pid, status = %gone.status, "engine process exited");
-                        if self.options.restart_engines {
+                        if self.options.restart_engines && self.launcher.fixed_size().is_none() {
                             self.restart_engine(slot, gone.pid).await?;
                         }
                     }
@@ -239,11 +242,13 @@ impl Supervisor<'_> {
             tracing::warn!("SIGUSR1 without a valid scale.json; ignored");
             return Ok(());
         };
+        if let Some(reason) = self.launcher.fixed_size() {
+            tracing::warn!(n, "scale request ignored: {reason}");
+            return Ok(());
+        }
         let now = self.state.engine_pids.len();
         tracing::info!(from = now, to = n, "scaling");
-        for slot in now..n {
-            self.start_engine(slot)?;
-        }
+        self.start_engines(now..n.max(now))?;
         while self.state.engine_pids.len() > n {
             self.state.engine_hosts.pop();
             if let Some(pid) = self.state.engine_pids.pop() {
@@ -256,11 +261,11 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    fn engine_log(&self, slot: usize) -> PathBuf {
+    fn engine_log(&self, slots: &Range<usize>) -> PathBuf {
         self.options
             .profile
             .log_dir()
-            .join(format!("engine-{slot}.log"))
+            .join(crate::engine_log_name(slots))
     }
 
     /// Where engines on other hosts dial: `--location`, else (for a controller on every
@@ -290,31 +295,58 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Starts the engine of a new slot (the next one).
-    fn start_engine(&mut self, slot: usize) -> Result<(), LaunchError> {
-        let (pid, host) = self.spawn_engine(slot, None)?;
-        self.state.engine_pids.push(pid);
-        self.state.engine_hosts.push(host);
+    /// Starts the engines of new slots (the next ones), each slot recording the pid and host of
+    /// the process that runs it.
+    fn start_engines(&mut self, slots: Range<usize>) -> Result<(), LaunchError> {
+        let spec = self.engine_spec(None);
+        for process in self.launcher.commands(slots, &spec) {
+            let pid = self.spawn_process(&process)?;
+            let EngineProcess { command, slots } = process;
+            if slots.len() != 1 || self.launcher.fixed_size().is_some() {
+                self.state.engine_groups.push(EngineGroup {
+                    pid,
+                    program: command.program.to_string_lossy().into_owned(),
+                    first: slots.start,
+                    count: slots.len(),
+                });
+            }
+            for _ in slots {
+                self.state.engine_pids.push(pid);
+                self.state.engine_hosts.push(command.host.clone());
+            }
+        }
         Ok(())
     }
 
-    /// Starts the process of the engine of `slot`; returns its pid and the engine's host.
-    fn spawn_engine(
-        &mut self,
-        slot: usize,
-        id: Option<EngineId>,
-    ) -> Result<(u32, String), LaunchError> {
-        let spec = EngineSpec {
+    /// Starts the process of the engine of `slot` alone (an engine started again); returns its
+    /// pid.
+    fn spawn_engine(&mut self, slot: usize, id: Option<EngineId>) -> Result<u32, LaunchError> {
+        let spec = self.engine_spec(id);
+        let mut pid = None;
+        for process in self.launcher.commands(slot..slot + 1, &spec) {
+            pid = Some(self.spawn_process(&process)?);
+        }
+        pid.ok_or_else(|| LaunchError::Spawn {
+            what: format!("engine {slot}"),
+            source: std::io::Error::other("the launcher gave no command"),
+        })
+    }
+
+    fn spawn_process(&mut self, process: &EngineProcess) -> Result<u32, LaunchError> {
+        let log = self.engine_log(&process.slots);
+        self.spawn(Role::Engine(process.slots.start), &process.command, log)
+    }
+
+    /// What every engine runs; `id`: the id to reclaim.
+    fn engine_spec(&self, id: Option<EngineId>) -> EngineSpec {
+        EngineSpec {
             kernel: self.options.kernel.clone(),
             restart_kernel: self.options.restart_engines,
             id,
             timeout: self.options.timeout,
             file: self.options.profile.engine_file(),
             connection: self.connection.clone(),
-        };
-        let command = self.launcher.command(slot, &spec);
-        let pid = self.spawn(Role::Engine(slot), &command, self.engine_log(slot))?;
-        Ok((pid, command.host))
+        }
     }
 
     /// Starts a child in its own process group, stderr and stdout appended to `log`; a child
@@ -333,6 +365,7 @@ impl Supervisor<'_> {
         let mut child = crate::spawn_logged(
             &command.program,
             &command.args,
+            &command.env,
             &log,
             &format!("{role:?}"),
             stdin,
@@ -380,7 +413,7 @@ impl Supervisor<'_> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let (pid, _) = self.spawn_engine(slot, id)?;
+        let pid = self.spawn_engine(slot, id)?;
         if let Some(entry) = self.state.engine_pids.get_mut(slot) {
             *entry = pid;
         }
@@ -407,6 +440,8 @@ impl Supervisor<'_> {
     async fn stop_all(&mut self, exited: &mut mpsc::UnboundedReceiver<Exited>) {
         let mut running: Vec<u32> = self.state.engine_pids.clone();
         running.extend(self.retired.iter().copied());
+        running.sort_unstable();
+        running.dedup();
         running.extend(self.state.controller_pid);
         running.retain(|pid| state::is_alive(*pid));
         if let Some(controller) = self

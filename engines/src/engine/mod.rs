@@ -29,6 +29,7 @@
 //! - `inflight`: requests sent to the kernel and not yet answered, and the replies held for
 //!   their `idle` (no I/O).
 //! - `serve`: the event loop: registration, relaying, heartbeats, death and restart, shutdown.
+//! - [`rank`]: the id of an engine that is an MPI rank (`parallax engine --mpi`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -46,6 +47,7 @@ use crate::launch::LaunchError;
 
 mod inflight;
 mod kernel;
+pub mod rank;
 mod serve;
 mod support;
 
@@ -181,6 +183,8 @@ pub enum EngineError {
     ControllerFile(#[from] ProfileError),
     #[error("cannot read the connection info from {from}: {reason}")]
     ConnectionInfo { from: String, reason: String },
+    #[error("--mpi: no MPI rank: {reason}")]
+    MpiRank { reason: String },
     #[error("unsupported signature scheme {0:?} in the controller file (only hmac-sha256)")]
     SignatureScheme(String),
     #[error("cannot reach the controller at {url}: {source}")]

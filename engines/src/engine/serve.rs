@@ -458,6 +458,14 @@ impl Engine {
         if self.id.is_some_and(|old| old != id) {
             tracing::warn!(old = ?self.id, new = id, "registered under a different id");
         }
+        if let Some(wanted) = self.options.id.filter(|w| self.id.is_none() && *w != id) {
+            // An MPI rank's id is its rank; another live engine holds it.
+            tracing::warn!(
+                wanted,
+                id,
+                "registered under another id than the one asked for"
+            );
+        }
         if self.id.is_none() {
             tracing::info!(
                 id,

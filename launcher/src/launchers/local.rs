@@ -1,9 +1,10 @@
 //! Engines on this machine: one `parallax engine` process per slot, reading the profile's engine
 //! file.
 
+use std::ops::Range;
 use std::path::PathBuf;
 
-use super::{EngineCommand, EngineSpec, Launcher, Preflight};
+use super::{EngineCommand, EngineProcess, EngineSpec, Launcher, Preflight};
 
 /// The local launcher.
 #[derive(Debug)]
@@ -29,7 +30,14 @@ impl Launcher for Local {
         Box::pin(async { Ok(()) })
     }
 
-    fn command(&self, _slot: usize, spec: &EngineSpec) -> EngineCommand {
+    fn commands(&self, slots: Range<usize>, spec: &EngineSpec) -> Vec<EngineProcess> {
+        EngineProcess::per_slot(slots, |_| self.command(spec))
+    }
+}
+
+impl Local {
+    /// The engine process of any slot.
+    fn command(&self, spec: &EngineSpec) -> EngineCommand {
         let mut args = vec![
             "engine".to_owned(),
             "--file".into(),
@@ -41,6 +49,7 @@ impl Launcher for Local {
             args,
             stdin: None,
             host: "localhost".into(),
+            env: Vec::new(),
         }
     }
 }

@@ -6,6 +6,11 @@
 //! session. The supervisor needs nothing else to know: a child's exit is an engine's exit,
 //! stopping the child stops the engine, and `cluster.json` records each child with its host.
 //!
+//! One child may run the engines of several slots: [`mpi`] starts a single `mpiexec` whose
+//! ranks are the engines ([`Launcher::commands`] says which slots each child runs). Such a
+//! cluster has the size it started with ([`Launcher::fixed_size`]): no scaling, no restarting
+//! one engine process.
+//!
 //! An engine on another host cannot read the profile's files, so it gets the controller's engine
 //! file as one line on standard input (`parallax engine --file -`); the supervisor keeps that
 //! input open, and the engine stops when it closes. Launchers whose engines run elsewhere say so
@@ -13,6 +18,7 @@
 //! the address of the interface that faces their hosts ([`location`]).
 
 use std::future::Future;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -24,6 +30,7 @@ use crate::LaunchError;
 
 pub mod local;
 mod location;
+pub mod mpi;
 pub mod ssh;
 
 pub use location::location_for;
@@ -37,6 +44,8 @@ pub enum Engines {
     Local,
     /// Engines on other hosts, each under an ssh session.
     Ssh(ssh::SshSettings),
+    /// Engines as the ranks of one `mpiexec`.
+    Mpi(mpi::MpiSettings),
 }
 
 impl Engines {
@@ -45,6 +54,7 @@ impl Engines {
         match self {
             Engines::Local => Box::new(local::Local { exe }),
             Engines::Ssh(settings) => Box::new(ssh::Ssh::new(settings.clone())),
+            Engines::Mpi(settings) => Box::new(mpi::Mpi::new(settings.clone(), exe)),
         }
     }
 
@@ -53,8 +63,15 @@ impl Engines {
         match self {
             Engines::Local => "local",
             Engines::Ssh(_) => "ssh",
+            Engines::Mpi(_) => "mpi",
         }
     }
+}
+
+/// Why a cluster of the launcher `name` (as `cluster.json` records it) cannot change its number
+/// of engines, if it cannot.
+pub fn fixed_size(name: &str) -> Option<&'static str> {
+    (name == "mpi").then_some(mpi::FIXED_SIZE)
 }
 
 /// What every engine runs, whoever starts it.
@@ -103,6 +120,31 @@ pub struct EngineCommand {
     pub stdin: Option<String>,
     /// Where the engine runs, as `cluster list` shows it.
     pub host: String,
+    /// Environment variables set for the process (besides what it inherits). Values stay off
+    /// the command line, which every user of the machine can read.
+    pub env: Vec<(String, String)>,
+}
+
+/// A process the supervisor starts, and the slots whose engines it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineProcess {
+    pub command: EngineCommand,
+    pub slots: Range<usize>,
+}
+
+impl EngineProcess {
+    /// One process per slot, from a launcher's `command(slot)`.
+    pub fn per_slot(
+        slots: Range<usize>,
+        command: impl Fn(usize) -> EngineCommand,
+    ) -> Vec<EngineProcess> {
+        slots
+            .map(|slot| EngineProcess {
+                command: command(slot),
+                slots: slot..slot + 1,
+            })
+            .collect()
+    }
 }
 
 /// A check that runs before anything starts.
@@ -124,6 +166,13 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
     /// engines' `kernel` there); the error names the host and what to change.
     fn preflight<'a>(&'a self, kernel: &'a str) -> Preflight<'a>;
 
-    /// The process that runs the engine of `slot`.
-    fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand;
+    /// The processes that run the engines of `slots`: one per slot ([`EngineProcess::per_slot`]),
+    /// or one for all of them.
+    fn commands(&self, slots: Range<usize>, spec: &EngineSpec) -> Vec<EngineProcess>;
+
+    /// Why its clusters keep the number of engines they started with, if they do: scaling is
+    /// refused with this reason, and so is restarting engine processes.
+    fn fixed_size(&self) -> Option<&'static str> {
+        None
+    }
 }

@@ -13,13 +13,14 @@
 //! version or lacks the kernel stops the start with a message naming it.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EngineCommand, EngineSpec, Launcher, Preflight};
+use super::{EngineCommand, EngineProcess, EngineSpec, Launcher, Preflight};
 use crate::LaunchError;
 
 /// How long a host may take to answer the checks before the start.
@@ -165,6 +166,21 @@ impl Ssh {
         &hosts[(slot - first) % hosts.len()]
     }
 
+    /// The ssh client whose session runs the engine of `slot`.
+    fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand {
+        let host = self.host_of(slot);
+        let mut engine = vec!["engine".to_owned(), "--file".into(), "-".into()];
+        engine.extend(spec.engine_args());
+        let (program, args) = self.ssh(&host.target, format!("exec {}", self.parallax(&engine)));
+        EngineCommand {
+            program,
+            args,
+            stdin: Some(spec.connection.clone()),
+            host: host.target.clone(),
+            env: Vec::new(),
+        }
+    }
+
     /// `ssh [options] target -- command`: ssh hands `command` to the remote user's shell.
     fn ssh(&self, target: &str, command: String) -> (PathBuf, Vec<String>) {
         let (program, own) = self
@@ -297,17 +313,8 @@ impl Launcher for Ssh {
         })
     }
 
-    fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand {
-        let host = self.host_of(slot);
-        let mut engine = vec!["engine".to_owned(), "--file".into(), "-".into()];
-        engine.extend(spec.engine_args());
-        let (program, args) = self.ssh(&host.target, format!("exec {}", self.parallax(&engine)));
-        EngineCommand {
-            program,
-            args,
-            stdin: Some(spec.connection.clone()),
-            host: host.target.clone(),
-        }
+    fn commands(&self, slots: Range<usize>, spec: &EngineSpec) -> Vec<EngineProcess> {
+        EngineProcess::per_slot(slots, |slot| self.command(slot, spec))
     }
 }
 
