@@ -15,7 +15,7 @@
 //! (unless the launcher's clusters have a fixed size: then the request is ignored, and
 //! [`crate::scale::scale`] refuses it before it gets here).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -58,6 +58,25 @@ struct Supervisor<'a> {
     client: Option<ControllerClient>,
     /// Engine processes stopped by a scale-down: their exit is expected, not restarted.
     retired: HashSet<u32>,
+    /// When each slot's engine process last started, and how many times in a row it exited
+    /// soon after (a host that is down, a kernel that cannot start): restarts back off.
+    starts: HashMap<usize, (Instant, u32)>,
+    /// Restarts waiting for their time: (when, slot, pid of the process that exited).
+    pending: Vec<(Instant, usize, u32)>,
+}
+
+/// An engine process that exits sooner than this after it started counts as a quick failure.
+const QUICK_EXIT: Duration = Duration::from_secs(30);
+/// The longest wait before starting a slot's engine again.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
+/// How long to wait before restarting after `failures` quick failures in a row: none after the
+/// first, then 1, 2, 4 ... seconds, up to [`MAX_RESTART_DELAY`].
+fn restart_delay(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(6)).min(MAX_RESTART_DELAY),
+    }
 }
 
 /// How long engines and the controller get to stop after SIGTERM before they are killed.
@@ -121,6 +140,8 @@ pub async fn supervise(
         exits,
         client: None,
         retired: HashSet::new(),
+        starts: HashMap::new(),
+        pending: Vec::new(),
     };
     supervisor.state.write(profile)?;
     let outcome = supervisor
@@ -207,9 +228,27 @@ impl Supervisor<'_> {
 
         tokio::pin!(shutdown);
         loop {
+            let next_restart = self.pending.iter().map(|(at, _, _)| *at).min();
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 Some(()) = scale_signal.recv() => self.rescale()?,
+                () = async {
+                    match next_restart {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    let due: Vec<(Instant, usize, u32)> =
+                        self.pending.iter().copied().filter(|(at, _, _)| *at <= now).collect();
+                    self.pending.retain(|(at, _, _)| *at > now);
+                    for (_, slot, old_pid) in due {
+                        // A scale-down may have removed the slot meanwhile.
+                        if self.state.engine_pids.get(slot) == Some(&old_pid) {
+                            self.restart_engine(slot, old_pid).await?;
+                        }
+                    }
+                }
                 Some(gone) = exited.recv() => match gone.role {
                     Role::Controller => {
                         return Err(LaunchError::ControllerFailed {
@@ -226,7 +265,19 @@ impl Supervisor<'_> {
                     Role::Engine(slot) => {
                         tracing::warn!(slot, pid = gone.pid, status = %gone.status, "engine process exited");
                         if self.options.restart_engines && self.launcher.fixed_size().is_none() {
-                            self.restart_engine(slot, gone.pid).await?;
+                            let failures = self.starts.get(&slot).map_or(0, |(at, failures)| {
+                                if at.elapsed() < QUICK_EXIT { failures + 1 } else { 0 }
+                            });
+                            let delay = restart_delay(failures);
+                            if let Some(entry) = self.starts.get_mut(&slot) {
+                                entry.1 = failures;
+                            }
+                            if delay.is_zero() {
+                                self.restart_engine(slot, gone.pid).await?;
+                            } else {
+                                tracing::warn!(slot, ?delay, failures, "the engine keeps exiting soon after it starts; waiting before starting it again");
+                                self.pending.push((Instant::now() + delay, slot, gone.pid));
+                            }
                         }
                     }
                 },
@@ -333,6 +384,9 @@ impl Supervisor<'_> {
     }
 
     fn spawn_process(&mut self, process: &EngineProcess) -> Result<u32, LaunchError> {
+        let failures = self.starts.get(&process.slots.start).map_or(0, |(_, f)| *f);
+        self.starts
+            .insert(process.slots.start, (Instant::now(), failures));
         let log = self.engine_log(&process.slots);
         self.spawn(Role::Engine(process.slots.start), &process.command, log)
     }
@@ -398,7 +452,9 @@ impl Supervisor<'_> {
     /// Starts an engine process again in `slot`, under the id its predecessor had once the
     /// controller has seen that one die (so the id is free to reclaim).
     async fn restart_engine(&mut self, slot: usize, old_pid: u32) -> Result<(), LaunchError> {
-        let id = self.engine_id_of(old_pid).await;
+        // An engine on another host registered with its own pid there: its slot names its id.
+        let slot_id = EngineId::try_from(slot).ok();
+        let id = self.engine_id_of(old_pid).await.or(slot_id);
         if let (Some(id), Some(client)) = (id, &self.client) {
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
@@ -484,4 +540,15 @@ impl Supervisor<'_> {
 /// The profile's supervisor log, where a daemonized supervisor writes.
 pub fn supervisor_log(profile: &Profile) -> PathBuf {
     profile.log_dir().join("cluster.log")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_after_quick_failures() {
+        let delays: Vec<u64> = (0..10).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(delays, [0, 0, 1, 2, 4, 8, 16, 32, 60, 60]);
+    }
 }

@@ -237,3 +237,62 @@ def test_the_lecture_notebook_runs_unchanged_on_engines_over_ssh(hosts: Hosts, t
     finally:
         hosts.parallax("cluster", "stop", "--profile", "default")
     wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=30)
+
+
+@pytest.mark.timeout(240)
+def test_restarted_engines_keep_their_ids_and_an_unreachable_host_is_retried_with_backoff(hosts: Hosts) -> None:
+    """--restart-engines over SSH: an engine killed on its host comes back under its id; while a
+    host is unreachable its engine is started again with growing waits, not in a tight loop, and
+    comes back under its id once the host is reachable again."""
+    started = hosts.parallax(
+        "cluster", "start", "--profile", "ssh", "--daemonize", "--engines", "ssh", "--hosts", "node1:1,node2:1",
+        "--ip", "0.0.0.0", "--restart-engines", f"--remote-parallax={PARALLAX_BIN}", *hosts.ssh_flags(),
+    )  # fmt: skip
+    assert started.returncode == 0, f"{started.stdout}\n{started.stderr}\n{hosts.logs()}"
+    cluster_log = hosts.parallax_dir / "profile_ssh" / "log" / "cluster.log"
+    try:
+        addresses = engine_addresses(hosts)
+        on_node1 = next(int(i) for i, a in addresses.items() if a == hosts.net.address("node1"))
+        engine_pid = hosts.python(f"import os\nprint(json.dumps(rc[{on_node1}].apply_sync(os.getppid)))")
+        os.kill(engine_pid, signal.SIGKILL)
+        back = hosts.python(
+            f"""
+            import os, time
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    pid = rc[{on_node1}].apply_sync(os.getppid)
+                    if pid != {engine_pid}:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.2)
+            print(json.dumps(pid))
+            """
+        )
+        assert back != engine_pid, "the killed engine came back under its id"
+
+        node2 = hosts.net.namespace("node2")
+        subprocess.run(["ip", "-n", node2, "link", "set", "eth0", "down"], check=True)
+        wait_for(
+            "restarts to back off",
+            lambda: "keeps exiting soon after it starts" in cluster_log.read_text(errors="replace"),
+            timeout=120,
+            logs=hosts.logs,
+        )
+        subprocess.run(["ip", "-n", node2, "link", "set", "eth0", "up"], check=True)
+        on_node2 = next(int(i) for i, a in addresses.items() if a == hosts.net.address("node2"))
+        ids = hosts.python(
+            f"""
+            import time
+            deadline = time.monotonic() + 120
+            while {on_node2} not in rc.ids and time.monotonic() < deadline:
+                time.sleep(0.2)
+            print(json.dumps(sorted(rc.ids)))
+            """
+        )
+        assert ids == [0, 1], f"{ids}\n{hosts.logs()}"
+    finally:
+        subprocess.run(["ip", "-n", hosts.net.namespace("node2"), "link", "set", "eth0", "up"], check=False)
+        hosts.parallax("cluster", "stop", "--profile", "ssh")
+    wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=60)

@@ -31,19 +31,19 @@ impl Launcher for Local {
     }
 
     fn commands(&self, slots: Range<usize>, spec: &EngineSpec) -> Vec<EngineProcess> {
-        EngineProcess::per_slot(slots, |_| self.command(spec))
+        EngineProcess::per_slot(slots, |slot| self.command(slot, spec))
     }
 }
 
 impl Local {
-    /// The engine process of any slot.
-    fn command(&self, spec: &EngineSpec) -> EngineCommand {
+    /// The engine process of `slot`.
+    fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand {
         let mut args = vec![
             "engine".to_owned(),
             "--file".into(),
             spec.file.to_string_lossy().into_owned(),
         ];
-        args.extend(spec.engine_args());
+        args.extend(spec.engine_args(Some(slot)));
         EngineCommand {
             program: self.exe.clone(),
             args,

@@ -81,7 +81,8 @@ pub struct EngineSpec {
     pub kernel: String,
     /// Start a new kernel when it dies (`--restart-kernel`).
     pub restart_kernel: bool,
-    /// The id to reclaim (an engine started again under its old id).
+    /// The id to ask for; without it, the engine of slot N asks for id N (so an engine started
+    /// again for its slot comes back under its id, wherever it runs).
     pub id: Option<EngineId>,
     /// How long registering may take (`parallax engine --timeout`).
     pub timeout: Duration,
@@ -92,8 +93,9 @@ pub struct EngineSpec {
 }
 
 impl EngineSpec {
-    /// The `parallax engine` arguments after the connection source.
-    pub fn engine_args(&self) -> Vec<String> {
+    /// The `parallax engine` arguments after the connection source, for the engine of `slot`
+    /// (`None`: the engine's id comes from elsewhere, an MPI rank).
+    pub fn engine_args(&self, slot: Option<usize>) -> Vec<String> {
         let mut args = vec![
             "--kernel".to_owned(),
             self.kernel.clone(),
@@ -103,7 +105,8 @@ impl EngineSpec {
         if self.restart_kernel {
             args.push("--restart-kernel".into());
         }
-        if let Some(id) = self.id {
+        let slot_id = slot.and_then(|slot| EngineId::try_from(slot).ok());
+        if let Some(id) = self.id.or(slot_id) {
             args.extend(["--id".into(), id.to_string()]);
         }
         args

@@ -126,7 +126,7 @@ impl Mpi {
         }
         args.push(self.exe.to_string_lossy().into_owned());
         args.extend(["engine".into(), "--mpi".into()]);
-        args.extend(spec.engine_args());
+        args.extend(spec.engine_args(None));
         EngineCommand {
             program: PathBuf::from(&self.settings.mpiexec),
             args,

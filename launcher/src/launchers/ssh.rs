@@ -170,7 +170,7 @@ impl Ssh {
     fn command(&self, slot: usize, spec: &EngineSpec) -> EngineCommand {
         let host = self.host_of(slot);
         let mut engine = vec!["engine".to_owned(), "--file".into(), "-".into()];
-        engine.extend(spec.engine_args());
+        engine.extend(spec.engine_args(Some(slot)));
         let (program, args) = self.ssh(&host.target, format!("exec {}", self.parallax(&engine)));
         EngineCommand {
             program,
@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(
             args[at + 1],
             "exec env PATH=/opt/venv/bin:/usr/bin '/opt/parallax bin/parallax' engine --file - \
-             --kernel python3 --timeout 30"
+             --kernel python3 --timeout 30 --id 0"
         );
         assert_eq!(args.len(), at + 2);
     }
