@@ -296,3 +296,49 @@ def test_restarted_engines_keep_their_ids_and_an_unreachable_host_is_retried_wit
         subprocess.run(["ip", "-n", hosts.net.namespace("node2"), "link", "set", "eth0", "up"], check=False)
         hosts.parallax("cluster", "stop", "--profile", "ssh")
     wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=60)
+
+
+@pytest.mark.timeout(300)
+def test_the_px_magics_notebook_starts_an_ssh_cluster_from_cluster_toml(hosts: Hosts, tmp_path: Path) -> None:
+    """notebooks/px_magics.ipynb, unchanged: its `%cluster start -n 2` starts the profile's
+    cluster as its `cluster.toml` says (ssh, two hosts), and every cell shows what it shows on a
+    local cluster."""
+    import nbformat
+
+    from test_px_magics import EXPECTED, NOTEBOOK, simplify
+
+    profile_dir = hosts.parallax_dir / "profile_default"
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    (profile_dir / "cluster.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            engines = "ssh"
+            ip = "0.0.0.0"
+            [ssh]
+            hosts = ["node1:1", "node2:1"]
+            parallax = "{PARALLAX_BIN}"
+            ssh = ["ssh", "-F", "{hosts.ssh.ssh_config}"]
+            """
+        )
+    )
+    try:
+        env = {key: value for key, value in hosts.env.items() if key != "PARALLAX_PROFILE"}
+        cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+               "--ExecutePreprocessor.kernel_name=parallax", "--ExecutePreprocessor.timeout=120",
+               "--output-dir", str(tmp_path), str(NOTEBOOK)]  # fmt: skip
+        proc = hosts.net.run("head", cmd, timeout=240, env=env)
+        assert proc.returncode == 0, f"nbconvert failed:\n{proc.stderr[-4000:]}"
+        cells = {c.id: c for c in nbformat.read(tmp_path / NOTEBOOK.name, as_version=4).cells if c.cell_type == "code"}
+        wrong = {
+            cid: [simplify(o) for o in cells[cid].outputs]
+            for cid, expect in EXPECTED.items()
+            if [simplify(o) for o in cells[cid].outputs] != expect.outputs
+        }
+        assert not wrong, f"cells whose outputs differ on the SSH cluster: {wrong}"
+        # The engines ran on the hosts, dialling the address the launcher found.
+        log = (profile_dir / "log" / "cluster.log").read_text(errors="replace")
+        assert "engines will dial the interface facing their hosts" in log, log[-3000:]
+    finally:
+        (profile_dir / "cluster.toml").unlink()
+        hosts.parallax("cluster", "stop", "--profile", "default")
+    wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=30)
