@@ -342,3 +342,58 @@ def test_the_px_magics_notebook_starts_an_ssh_cluster_from_cluster_toml(hosts: H
         (profile_dir / "cluster.toml").unlink()
         hosts.parallax("cluster", "stop", "--profile", "default")
     wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=30)
+
+
+@pytest.mark.timeout(180)
+def test_mpi_ranks_on_two_hosts_are_engines_of_one_cluster(hosts: Hosts, tmp_path: Path) -> None:
+    """MPICH's mpiexec on head starts its ranks on node1 and node2 over ssh (its own launcher);
+    each rank is an engine that dials head: rank equals id, each rank runs on its own host, and an
+    allreduce across the hosts gives the sum. Stopping the cluster leaves nothing on the hosts."""
+    mpich = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")
+    if not mpich.exists() or subprocess.run(["which", "mpiexec.mpich"], capture_output=True).returncode:
+        pytest.skip("Debian's mpich is not installed")
+    lib = tmp_path / "mpich-lib"
+    lib.mkdir()
+    (lib / "libmpi.so.12").symlink_to(mpich)
+    mpi_args = ["-launcher", "ssh", "-launcher-exec", f"{hosts.ssh.bin_dir}/ssh", "-iface", "eth0", "-hosts", "node1,node2"]
+    started = hosts.parallax(
+        "cluster", "start", "--profile", "mpi2", "--daemonize", "--engines", "mpi", "-n", "2",
+        "--ip", "0.0.0.0", "--location", hosts.net.address("head"), "--mpiexec", "mpiexec.mpich",
+        *[f"--mpi-args={arg}" for arg in mpi_args], "--env", f"LD_LIBRARY_PATH={lib}",
+    )  # fmt: skip
+    logs = hosts.parallax_dir / "profile_mpi2" / "log"
+    assert started.returncode == 0, f"{started.stdout}\n{started.stderr}"
+    try:
+        proc = hosts.head(
+            [sys.executable, "-c", textwrap.dedent(
+                """
+                import json, parallax
+                rc = parallax.Client(profile="mpi2", timeout=20)
+                rc.wait_for_engines(2, timeout=60)
+                def about():
+                    import socket
+                    from mpi4py import MPI
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.connect(("10.77.0.1", 9))
+                    comm = MPI.COMM_WORLD
+                    return [comm.Get_rank(), comm.Get_size(), s.getsockname()[0], comm.allreduce(comm.Get_rank() + 1)]
+                view = rc[:]
+                print(json.dumps(dict(zip(map(str, view.targets), view.apply_sync(about)))))
+                """
+            )]  # fmt: skip
+        )
+        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n" + "\n".join(
+            p.read_text(errors="replace")[-2000:] for p in sorted(logs.glob("*.log"))
+        )
+        about = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert {i: (rank, size, total) for i, (rank, size, _, total) in about.items()} == {
+            "0": (0, 2, 3),
+            "1": (1, 2, 3),
+        }, about
+        assert sorted(address for _, _, address, _ in about.values()) == [
+            hosts.net.address("node1"),
+            hosts.net.address("node2"),
+        ], about
+    finally:
+        hosts.parallax("cluster", "stop", "--profile", "mpi2")
+    wait_for("no process left on the nodes", lambda: not hosts.left_on_nodes(), timeout=30, logs=lambda: str(hosts.left_on_nodes()))
