@@ -49,17 +49,35 @@ def parallax_binary() -> str:
     )
 
 
+#: The launchers `engines=` may name.
+LAUNCHERS = ("local", "ssh", "mpi")
+
+
 class Cluster:
     """A cluster of `n` engines (default: one per core) for `profile` (default:
-    $PARALLAX_PROFILE, else "default")."""
+    $PARALLAX_PROFILE, else "default").
+
+    As in ipyparallel, `engines` names the launcher ("local", "ssh" or "mpi"; default: the
+    profile's cluster.toml, else local), `controller_ip` is where the controller listens and
+    `controller_location` what engines dial. `hosts` ("node1:2,user@node2:4", or a dict of host
+    to engine count) is where the ssh launcher runs them. Anything left unset comes from the
+    profile's cluster.toml."""
 
     def __init__(self, n: int | None = None, profile: str | None = None, *, kernel: str | None = None,
-                 timeout: float = 120, restart_engines: bool = False, **_ignored: Any) -> None:
+                 timeout: float = 120, restart_engines: bool = False, engines: str | None = None,
+                 controller_ip: str | None = None, controller_location: str | None = None,
+                 hosts: str | dict[str, int] | None = None, **_ignored: Any) -> None:
+        if engines is not None and engines not in LAUNCHERS:
+            raise ValueError(f"engines={engines!r}: Parallax launches engines with {', '.join(LAUNCHERS)}")
         self.n = n
         self.profile = profile or default_profile()
         self.kernel = kernel
         self.timeout = timeout
         self.restart_engines = restart_engines
+        self.engines = engines
+        self.controller_ip = controller_ip
+        self.controller_location = controller_location
+        self.hosts = hosts
         self._client: Client | None = None
 
     def __repr__(self) -> str:
@@ -78,10 +96,8 @@ class Cluster:
             raise RuntimeError(f"`{' '.join(command)}` failed (exit status {done.returncode}): {output}")
         return done.stdout
 
-    def start_cluster_sync(self, n: int | None = None) -> None:
-        """Start the controller and engines; returns once every engine is ready."""
-        if n is not None:
-            self.n = n
+    def _start_args(self) -> list[str]:
+        """The `parallax cluster start` arguments for this cluster."""
         args = ["start", "--profile", self.profile, "--daemonize"]
         if self.n is not None:
             args += ["-n", str(self.n)]
@@ -89,7 +105,22 @@ class Cluster:
             args += ["--kernel", self.kernel]
         if self.restart_engines:
             args.append("--restart-engines")
-        self._run(*args)
+        if self.engines:
+            args += ["--engines", self.engines]
+        if self.controller_ip:
+            args += ["--ip", self.controller_ip]
+        if self.controller_location:
+            args += ["--location", self.controller_location]
+        if self.hosts:
+            hosts = self.hosts if isinstance(self.hosts, str) else ",".join(f"{h}:{k}" for h, k in self.hosts.items())
+            args += ["--hosts", hosts]
+        return args
+
+    def start_cluster_sync(self, n: int | None = None) -> None:
+        """Start the controller and engines; returns once every engine is ready."""
+        if n is not None:
+            self.n = n
+        self._run(*self._start_args())
 
     def connect_client_sync(self, **client_kwargs: Any) -> Client:
         """A Client connected to this cluster (waiting until its n engines are registered)."""

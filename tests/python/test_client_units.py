@@ -1166,3 +1166,18 @@ def test_a_tracked_push_may_change_its_array_once_sent(rc: ipp.Client, fake: Fak
     mapped = rc[:].map(lambda x: x, [1, 2], block=False, track=True)
     assert mapped.get(5) == [1, 2] and all(task.tracked is not None for task in mapped._tasks)
     assert all(task.tracked is None for task in rc[:].map(lambda x: x, [1, 2], block=False)._tasks)
+
+
+def test_cluster_passes_the_launcher_and_where_the_controller_listens() -> None:
+    """`Cluster(engines=..., controller_ip=..., controller_location=..., hosts=...)` (ipyparallel's
+    names) start that launcher, not local engines; an unknown launcher is refused at once."""
+    cluster = ipp.Cluster(n=4, profile="p", engines="ssh", controller_ip="0.0.0.0",
+                          controller_location="10.0.0.1", hosts={"node1": 2, "node2": 2})
+    args = cluster._start_args()
+    assert args[:4] == ["start", "--profile", "p", "--daemonize"]
+    pairs = dict(zip(args[4::2], args[5::2]))
+    assert pairs == {"-n": "4", "--engines": "ssh", "--ip": "0.0.0.0", "--location": "10.0.0.1",
+                     "--hosts": "node1:2,node2:2"}, args
+    assert "--engines" not in ipp.Cluster(n=2)._start_args()
+    with pytest.raises(ValueError, match="local, ssh, mpi"):
+        ipp.Cluster(engines="slurm")
