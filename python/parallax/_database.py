@@ -6,12 +6,27 @@ it is a subject of its own: everything here is a request to the controller about
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from . import error
 from ._wire import parse_date
 from .asyncresult import AsyncHubResult, AsyncResult, Task
 
+
+
+def _dates_as_text(value: Any) -> Any:
+    """`value` with its datetimes as the task database writes them (UTC, `...T...Z`, microseconds),
+    so that `{'submitted': {'$lt': datetime}}` compares what the database holds. A naive datetime
+    is local time, as Python's own are."""
+    if isinstance(value, datetime.datetime):
+        utc = value.astimezone(datetime.timezone.utc)
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, dict):
+        return {key: _dates_as_text(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_dates_as_text(item) for item in value]
+    return value
 
 class TaskDatabase:
     """Client methods about stored tasks. They use the Client's `_request`, its task tables
@@ -116,7 +131,7 @@ class TaskDatabase:
         fields returned (msg_id is always included). Dates come back as datetimes."""
         if isinstance(keys, str):
             keys = [keys]
-        reply = self._request("query_request", {"query": query, "keys": keys}, what="query")
+        reply = self._request("query_request", {"query": _dates_as_text(query), "keys": keys}, what="query")
         records = list(reply.content.get("records") or [])
         for record in records:
             for key in ("submitted", "started", "completed", "received"):

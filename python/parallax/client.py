@@ -29,6 +29,7 @@ soon as it arrives, and removes what a finished task's engine did not read.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import json
 import logging
 import os
@@ -703,11 +704,20 @@ class Client(TaskDatabase):
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
         """Wait for `jobs` (msg_ids, history indices, AsyncResults; default: all outstanding) for up
         to `timeout` seconds (-1: no limit). Returns whether all are done."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         if jobs is None:
             msg_ids = list(self.outstanding)
         else:
-            msg_ids = self._msg_ids_from_jobs(jobs)
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+            if not isinstance(jobs, (list, tuple, set)) and not hasattr(jobs, "__next__"):
+                jobs = [jobs]
+            jobs = list(jobs)
+            # Plain futures (a view's `map` of futures, an executor's) are waited for as they are.
+            futures = [j for j in jobs if isinstance(j, concurrent.futures.Future) and not isinstance(j, AsyncResult)]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if futures and concurrent.futures.wait(futures, timeout=left).not_done:
+                return False
+            msg_ids = self._msg_ids_from_jobs([j for j in jobs if not isinstance(j, concurrent.futures.Future)
+                                               or isinstance(j, AsyncResult)])
         for msg_id in msg_ids:
             task = self._pending.get(msg_id)
             if task is None:
@@ -716,6 +726,19 @@ class Client(TaskDatabase):
             if not task.wait(left):
                 return False
         return True
+
+    def clear(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Empty the user namespace of the engines `targets` (default: all), as ipyparallel's
+        `clear` does. With `block` (default: the client's `block`, False) it waits and returns
+        None; otherwise it returns the AsyncResult."""
+        from ._remote import _clear
+
+        view = self.direct_view("all" if targets is None else targets)
+        result = view.apply_async(_clear)
+        if not (self.block if block is None else block):
+            return result
+        result.get()
+        return None
 
     def wait_interactive(self, jobs: Any = None, interval: float = 1.0, timeout: float = -1.0) -> None:
         """Wait for `jobs` (default: all outstanding) with a progress bar."""

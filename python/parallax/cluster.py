@@ -167,5 +167,11 @@ class Cluster:
     def __exit__(self, *exc: Any) -> None:
         self.stop_cluster_sync()
 
+    async def __aenter__(self) -> Client:
+        return await self.start_and_connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_cluster()
+
 
 __all__ = ["Cluster", "parallax_binary"]

@@ -230,3 +230,26 @@ def test_retries_run_a_task_that_raised_again_on_another_engine(rc: Any, tmp_pat
     ar = lview.apply_async(fails_once, marker)
     assert ar.get(timeout=DEADLINE) == "ok"
     assert os.path.exists(marker), "the first attempt ran and raised"
+
+
+def test_async_with_cluster_starts_and_stops_it() -> None:
+    """`async with Cluster(n=1) as rc:` (as in ipyparallel) yields a connected client and stops
+    the cluster on leaving the block."""
+    import asyncio
+
+    import parallax
+    from kernel_env import IsolatedEnv, assert_no_processes_left
+
+    env = IsolatedEnv()
+    env.apply()
+    try:
+
+        async def run() -> list[int]:
+            async with parallax.Cluster(n=1, profile="aio") as rc:
+                return rc[:].apply_sync(lambda: 7)
+
+        assert asyncio.run(run()) == [7]
+        assert not (Path(env.vars["PARALLAX_DIR"]) / "profile_aio" / "cluster.json").exists()
+        assert_no_processes_left(env.vars["PARALLAX_DIR"])
+    finally:
+        env.cleanup()

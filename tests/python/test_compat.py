@@ -948,3 +948,44 @@ def test_context_manager_closes_the_client(ipp: Compat) -> None:
         assert client[0].apply_sync(mul, 2, 5) == 10
     with pytest.raises(RuntimeError, match="closed"):
         client[0].apply_sync(mul, 1, 2)
+
+
+# --- APIs ipyparallel's own tests use -----------------------------------------------------------
+
+
+def test_clear_empties_the_engines_namespaces(ipp: Compat) -> None:
+    rc = ipp.rc
+    rc[:].push({"leftover": 1}, block=True)
+    # ipyparallel: not blocking by default (the client's `block`), it returns a future.
+    rc.clear().result(timeout=T)
+    assert rc.clear(block=True) is None
+    missing = rc[:].apply_async(interactive(lambda: "leftover" in globals()))
+    assert missing.get(timeout=T) == [False, False]
+    rc[0].push({"kept": 2}, block=True)
+    rc.clear(targets=[1], block=True)
+    assert rc[:].apply_sync(interactive(lambda: "kept" in globals())) == [True, False]
+
+
+def test_db_query_takes_datetimes(ipp: Compat) -> None:
+    """ipyparallel: `$lt` with a datetime works (its in-memory database answers `$gt` with
+    nothing at all, so that is not compared here)."""
+    rc = ipp.rc
+    before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
+    ar = rc[0].apply_async(int)
+    ar.get(timeout=T)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+
+    def submitted_before(when: datetime.datetime) -> list[str]:
+        return [r["msg_id"] for r in rc.db_query({"submitted": {"$lt": when}}, keys=["msg_id"])]
+
+    wait_until(lambda: ar.msg_ids[0] in submitted_before(later), T, "the task submitted before `later`")
+    assert ar.msg_ids[0] not in submitted_before(before)
+
+
+def test_wait_takes_plain_futures(ipp: Compat) -> None:
+    import concurrent.futures
+
+    plain: concurrent.futures.Future = concurrent.futures.Future()
+    assert ipp.rc.wait([plain], timeout=0.1) is False
+    plain.set_result(1)
+    assert ipp.rc.wait([plain, ipp.rc[0].apply_async(int)], timeout=T) is True
