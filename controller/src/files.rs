@@ -31,11 +31,6 @@ pub(crate) fn port_of(endpoint: &str) -> Option<u16> {
     endpoint.rsplit_once(':')?.1.parse().ok()
 }
 
-/// Whether `ip` (an address or `localhost`) is reachable only from this host.
-pub(crate) fn is_loopback(ip: &str) -> bool {
-    parallax_net::is_loopback_endpoint(&format!("tcp://{}:0", endpoint_host(ip)))
-}
-
 /// The hosts written in the client file and the engine file for a controller bound to `ip`.
 /// Resolving the host name may block briefly: call it off the async threads.
 pub(crate) fn advertised_hosts(ip: &str) -> (String, String) {
@@ -170,15 +165,5 @@ mod tests {
         assert_eq!(client, "127.0.0.1");
         assert!(engine.parse::<Ipv4Addr>().is_ok(), "{engine}");
         assert_eq!(advertised_hosts("::").0, "[::1]");
-    }
-
-    #[test]
-    fn only_loopback_addresses_stay_unencrypted() {
-        for ip in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"] {
-            assert!(is_loopback(ip), "{ip}");
-        }
-        for ip in ["0.0.0.0", "::", "10.0.0.1", "node1"] {
-            assert!(!is_loopback(ip), "{ip}");
-        }
     }
 }

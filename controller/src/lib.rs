@@ -98,7 +98,7 @@ impl ControllerOptions {
     /// Whether the links are encrypted: asked for, or reachable from other hosts (`ip` is not a
     /// loopback address).
     pub fn encrypted(&self) -> bool {
-        self.curve || !files::is_loopback(&self.ip)
+        self.curve || !parallax_net::is_loopback_host(&self.ip)
     }
 }
 

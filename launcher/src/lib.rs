@@ -148,7 +148,7 @@ impl StartOptions {
             });
         }
         let remote = launcher.remote();
-        if remote && is_loopback(&self.ip) {
+        if remote && parallax_net::is_loopback_host(&self.ip) {
             return Err(LaunchError::LoopbackController {
                 ip: self.ip.clone(),
             });
@@ -212,11 +212,6 @@ impl StartOptions {
         }
         args
     }
-}
-
-/// Whether `ip` (an address or `localhost`) is reachable only from this host.
-fn is_loopback(ip: &str) -> bool {
-    parallax_net::is_loopback_endpoint(&format!("tcp://{ip}:0"))
 }
 
 /// Starts a detached supervisor for the cluster and returns the engines once all of them are

@@ -408,7 +408,12 @@ pub fn is_loopback_endpoint(endpoint: &str) -> bool {
     let Some(rest) = endpoint.strip_prefix("tcp://") else {
         return endpoint.starts_with("ipc://") || endpoint.starts_with("inproc://");
     };
-    let host = rest.rsplit_once(':').map_or(rest, |(host, _)| host);
+    is_loopback_host(rest.rsplit_once(':').map_or(rest, |(host, _)| host))
+}
+
+/// Whether a host (an address, `[v6]`, or a name) is reachable only from this machine:
+/// `127.0.0.0/8`, `::1` or `localhost`. `0.0.0.0` and `::` are every interface, not loopback.
+pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback(),
@@ -533,6 +538,13 @@ mod tests {
             "garbage",
         ] {
             assert!(!is_loopback_endpoint(remote), "{remote}");
+        }
+        // What a controller's --ip may be: only loopback addresses stay unencrypted.
+        for ip in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"] {
+            assert!(is_loopback_host(ip), "{ip}");
+        }
+        for ip in ["0.0.0.0", "::", "10.0.0.1", "node1"] {
+            assert!(!is_loopback_host(ip), "{ip}");
         }
     }
 

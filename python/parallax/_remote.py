@@ -146,15 +146,3 @@ def require(*requirements: Any, **named: Any) -> Callable[[Callable[..., Any]], 
         return _Requiring(f, modules, functions)
 
     return decorator
-
-
-def _clear() -> None:
-    """Empty the engine's user namespace (`Client.clear`), as ipyparallel's `clear_request` does:
-    IPython's `reset` when in a kernel, else `__main__`'s names."""
-    shell = _shell()
-    if shell is not None:
-        shell.reset(new_session=False)
-        return
-    namespace = user_namespace()
-    for name in [n for n in namespace if not n.startswith("__")]:
-        del namespace[name]

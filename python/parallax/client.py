@@ -731,10 +731,7 @@ class Client(TaskDatabase):
         """Empty the user namespace of the engines `targets` (default: all), as ipyparallel's
         `clear` does. With `block` (default: the client's `block`, False) it waits and returns
         None; otherwise it returns the AsyncResult."""
-        from ._remote import _clear
-
-        view = self.direct_view("all" if targets is None else targets)
-        result = view.apply_async(_clear)
+        result = self.direct_view("all" if targets is None else targets).clear(block=False)
         if not (self.block if block is None else block):
             return result
         result.get()
