@@ -111,16 +111,9 @@ mod tests {
 
     #[test]
     fn db_query_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/db_query");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.expect("a corpus entry").path())
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{} is empty", dir.display());
-        for path in files {
+        for (path, data) in parallax_wire::fuzzing::corpus("db_query") {
             eprintln!("{}", path.display());
-            db_query(&std::fs::read(&path).expect("a corpus file"));
+            db_query(&data);
         }
     }
 }

@@ -168,30 +168,10 @@ fn python_slice(
     out
 }
 
-/// Every file of `fuzz/corpus/<target>/` in the repository, at least one.
-#[cfg(test)]
-fn corpus(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("a corpus entry").path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} is empty", dir.display());
-    files
-        .into_iter()
-        .map(|path| {
-            let data = std::fs::read(&path).expect("a corpus file");
-            (path, data)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parallax_wire::fuzzing::corpus;
 
     #[test]
     fn magics_corpus() {

@@ -224,9 +224,10 @@ fn assert_same(got: &Message, sent: &Message) {
     assert_eq!(got.buffers, sent.buffers);
 }
 
-/// Every file of `fuzz/corpus/<target>/` in the repository, at least one.
-#[cfg(test)]
-pub(crate) fn corpus(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+/// Every file of `fuzz/corpus/<target>/` in the repository, at least one: what each crate's
+/// corpus tests replay (the other crates reach it through the `fuzzing` feature of their
+/// dev-dependency on this one).
+pub fn corpus(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/corpus")
         .join(target);
