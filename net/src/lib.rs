@@ -117,25 +117,25 @@ pub struct LinkStats {
 impl LinkStats {
     /// Counters for the link called `name` (used in logs).
     pub fn new(name: impl Into<String>) -> Arc<Self> {
-        Arc::new(LinkStats {
-            name: name.into(),
-            rejected: AtomicU64::new(0),
-            refused: Mutex::new(None),
-            refusals_logged: Mutex::new(None),
-            watched: false,
-            connected: AtomicBool::new(false),
-            ever_connected: AtomicBool::new(false),
-        })
+        LinkStats::make(name.into(), false)
     }
 
     /// Counters for a connecting link whose connection is always watched, so that
     /// [`LinkStats::connection`] can say what happened when the peer stays silent.
     pub fn watched(name: impl Into<String>) -> Arc<Self> {
-        let mut stats = LinkStats::new(name);
-        if let Some(stats) = Arc::get_mut(&mut stats) {
-            stats.watched = true;
-        }
-        stats
+        LinkStats::make(name.into(), true)
+    }
+
+    fn make(name: String, watched: bool) -> Arc<Self> {
+        Arc::new(LinkStats {
+            name,
+            rejected: AtomicU64::new(0),
+            refused: Mutex::new(None),
+            refusals_logged: Mutex::new(None),
+            watched,
+            connected: AtomicBool::new(false),
+            ever_connected: AtomicBool::new(false),
+        })
     }
 
     /// What a watched connecting link's connection is like: refused (and why), connected,
